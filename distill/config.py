@@ -1,0 +1,268 @@
+"""Dataclass configs for every stage: YAML recipe + CLI overrides, all errors at once, "did you mean"."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from distill.errors import DistillError
+
+
+def opt(default: Any, help: str, **extra: Any) -> Any:
+    """A config field: typed by its annotation, defaulted, with one line of help."""
+    meta = {"help": help, **extra}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ---------------------------------------------------------------- stage configs
+# Field names are the recipe keys; the CLI flag is the name with "-" for "_".
+
+
+@dataclass
+class DataSourceMixin:
+    """How a dataset of problems or records is read (local JSONL/Parquet/CSV or a Hub id)."""
+
+    split: str = opt("train", "split to read when DATA is a Hub dataset id or a local dataset folder")
+    subset: str | None = opt(None, "Hub dataset config/subset name")
+    revision: str | None = opt(None, "Hub dataset revision (branch, tag or commit) to pin")
+    problem_key: str = opt("problem", "column holding the problem text")
+    answer_key: str = opt("answer", "column holding the gold answer")
+    id_key: str | None = opt(None, "column holding a stable problem id (default: row index)")
+
+
+@dataclass
+class GenerateConfig(DataSourceMixin):
+    teacher: str = opt("", "teacher model: local path or Hub id (vllm) / served model name (openai)", required=True)
+    dataset: str = opt("", "problems: JSONL/Parquet/CSV file, dataset folder, bundled task name or Hub id", required=True)
+    out: str = opt("", "output directory for shards, manifest.json and stats.json", required=True)
+    n: int = opt(4, "samples per problem")
+    temperature: float = opt(0.6, "sampling temperature (R1: 0.6)")
+    top_p: float = opt(0.95, "nucleus sampling top-p (R1: 0.95)")
+    max_tokens: int = opt(32768, "max new tokens per sample (R1: 32768)")
+    limit: int | None = opt(None, "only the first K problems")
+    source: str | None = opt(None, "source name used in record ids (default: dataset file stem)")
+    backend: str = opt("vllm", "vllm (in-process engine) or openai (any OpenAI-compatible server)", choices=("vllm", "openai"))
+    base_url: str | None = opt(None, "server URL for --backend openai, e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str = opt("OPENAI_API_KEY", "name of the environment variable holding the API key (never the key)")
+    concurrency: int = opt(64, "in-flight requests for --backend openai")
+    shard: str | None = opt(None, "I/N: process only partition I of N (by problem id), e.g. 0/8")
+    overwrite: bool = opt(False, "discard existing output in --out and start over")
+    chunk_size: int = opt(64, "problems per engine call; the unit of resume")
+    prompt_template: str | None = opt(None, "file with a prompt template containing {problem}")
+    think_prefill: str = opt("auto", "start the assistant turn with '<think>\\n': auto|on|off", choices=("auto", "on", "off"))
+    tensor_parallel_size: int = opt(1, "vLLM tensor parallel size")
+    data_parallel_size: int = opt(1, "vLLM data parallel size")
+    pipeline_parallel_size: int = opt(1, "vLLM pipeline parallel size")
+    gpu_memory_utilization: float = opt(0.9, "vLLM fraction of GPU memory to use")
+    max_model_len: int | None = opt(None, "vLLM context length (default: the model's)")
+    dtype: str = opt("auto", "vLLM dtype: auto|bfloat16|float16|float32")
+    seed: int = opt(0, "sampling seed")
+    enforce_eager: bool = opt(False, "vLLM: disable CUDA graphs / compilation")
+
+
+@dataclass
+class FilterConfig(DataSourceMixin):
+    input: str = opt("", "generate output dir, or a JSONL/Parquet/Hub dataset of records", positional=True, required=True)
+    out: str = opt("", "output directory (kept/, rejected/, stats.json)", required=True)
+    steps: list[str] = opt(
+        ["finished", "think_format", "answer_correct", "length", "repetition", "language", "dedup", "decontaminate", "select"],
+        "comma-separated filter steps, in order",
+    )
+    completion_key: str = opt("completion", "column holding the model completion")
+    format: str | None = opt(None, "input format of a published dataset (default: detect)")
+    skip_invalid: bool = opt(False, "count malformed input lines instead of failing on the first")
+    workers: int | None = opt(None, "grader worker processes (default: all cores)")
+    answer_timeout: float = opt(5.0, "hard per-record grading timeout in seconds")
+
+
+@dataclass
+class SftConfig:
+    student: str = opt("", "student model: local path or Hub id", required=True)
+    data: str = opt("", "filter output, records JSONL/Parquet, or a messages/ShareGPT dataset", required=True)
+    out: str = opt("", "output directory for the model, checkpoints and stats.json", required=True)
+    epochs: float = opt(3.0, "training epochs")
+    learning_rate: float = opt(1e-5, "peak learning rate")
+    max_length: int = opt(16384, "max tokens per sample; longer samples are dropped, not truncated")
+    max_steps: int = opt(-1, "stop after N optimizer steps (-1: run all epochs)")
+    lora: bool = opt(False, "train a LoRA adapter instead of all weights")
+    preflight_only: bool = opt(False, "run the preflight checks, print them and exit")
+    trl: dict[str, Any] = opt({}, "extra TRL SFTConfig fields, passed through as-is (recipe only)")
+
+
+@dataclass
+class EvalConfig:
+    model: str | None = opt(None, "model to evaluate: local path or Hub id (vllm) / served model name (openai)")
+    tasks: list[str] = opt(["aime24", "aime25", "math500", "amc23"], "comma-separated task names or data files")
+    out: str = opt("", "output directory (samples.jsonl, results.json)", required=True)
+    completions: str | None = opt(None, "grade existing completions from this file instead of generating")
+    task: str | None = opt(None, "with --completions: take the gold answers from this task")
+    n: int = opt(16, "samples per problem; pass@1 is their mean accuracy")
+    temperature: float = opt(0.6, "sampling temperature (R1: 0.6)")
+    top_p: float = opt(0.95, "nucleus sampling top-p (R1: 0.95)")
+    max_tokens: int = opt(32768, "max new tokens per sample (R1: 32768)")
+    backend: str = opt("vllm", "vllm or openai", choices=("vllm", "openai"))
+    base_url: str | None = opt(None, "server URL for --backend openai")
+    limit: int | None = opt(None, "only the first K problems of each task")
+    seed: int = opt(0, "sampling seed")
+
+
+@dataclass
+class PublishConfig:
+    dir: str = opt("", "curated dataset directory (a filter output)", positional=True, required=True)
+    repo: str = opt("", "Hub dataset repo, ORG/NAME", required=True)
+    private: bool = opt(False, "create the Hub repo as private")
+    dry_run: bool = opt(False, "write what would be uploaded into DIR/hub/ and upload nothing")
+
+
+@dataclass
+class DemoConfig:
+    out: str = opt("demo-out", "output directory for every stage of the demo")
+
+
+STAGE_CONFIGS: dict[str, type] = {
+    "generate": GenerateConfig,
+    "filter": FilterConfig,
+    "sft": SftConfig,
+    "eval": EvalConfig,
+    "publish": PublishConfig,
+    "demo": DemoConfig,
+}
+
+# ---------------------------------------------------------------- loading
+
+
+def fields_of(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def field_type(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def _base_type(tp: Any) -> tuple[Any, bool]:
+    """(inner type, optional?) for `X | None`."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def coerce(cls: type, name: str, value: Any) -> Any:
+    """Convert a recipe/CLI value to the field's type, or raise ValueError saying what was expected."""
+    tp, optional = _base_type(field_type(cls, name))
+    if value is None:
+        if optional:
+            return None
+        raise ValueError("must not be empty")
+    origin = typing.get_origin(tp)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
+            raise ValueError("expected a list or a comma-separated string")
+        return [str(v) for v in value]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ValueError("expected a mapping")
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise ValueError("expected true or false")
+    if tp is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError(f"expected an integer, got {value!r}")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected an integer, got {value!r}") from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a number, got {value!r}")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ValueError(f"expected a string, got a {type(value).__name__}")
+        return str(value)
+    raise TypeError(f"unsupported config type {tp!r}")
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise DistillError(f"recipe {p}: file not found; pass an existing YAML file to --config")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark else str(p)
+        raise DistillError(f"recipe {where}: not valid YAML ({getattr(e, 'problem', e)}); fix the syntax") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise DistillError(f"recipe {p}: expected a mapping of option: value, got a {type(data).__name__}")
+    return data
+
+
+def build_config(cls: type, recipe: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
+                 origin: str = "recipe") -> Any:
+    """Defaults < recipe < overrides (CLI flags). Every problem is reported at once, in one line."""
+    known = fields_of(cls)
+    values: dict[str, Any] = {}
+    errors: list[str] = []
+    for layer_name, layer in ((origin, recipe or {}), ("flag", overrides or {})):
+        for key, value in layer.items():
+            name = str(key).replace("-", "_")
+            if name not in known:
+                hint = difflib.get_close_matches(name, known, n=1)
+                suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+                errors.append(f"{layer_name}: unknown option '{key}'{suggestion}")
+                continue
+            try:
+                value = coerce(cls, name, value)
+            except ValueError as e:
+                errors.append(f"{layer_name}: option '{key}': {e}")
+                continue
+            choices = known[name].metadata.get("choices")
+            if choices and value not in choices:
+                errors.append(f"{layer_name}: option '{key}': {value!r} is not one of {', '.join(choices)}")
+                continue
+            values[name] = value
+    for name, f in known.items():
+        if f.metadata.get("required") and not values.get(name):
+            flag = name.upper() if f.metadata.get("positional") else "--" + name.replace("_", "-")
+            errors.append(f"missing required option '{name}' (pass {flag} or set it in the recipe)")
+    if errors:
+        raise DistillError("; ".join(errors))
+    return cls(**values)
+
+
+def load_config(cls: type, config_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Any:
+    recipe = read_recipe(config_path) if config_path else {}
+    return build_config(cls, recipe, overrides, origin=f"recipe {config_path}" if config_path else "recipe")
+
+
+def config_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Any, out_dir: str | Path, name: str = "config.yaml") -> Path:
+    """Write the resolved config beside the outputs (atomically) so a run can be repeated exactly."""
+    from distill.data.io import atomic_write_text
+
+    text = yaml.safe_dump(config_dict(cfg), sort_keys=False, allow_unicode=True)
+    return atomic_write_text(Path(out_dir) / name, text)

@@ -1,0 +1,1 @@
+"""Record schema, readers/writers, adapters for published datasets, Hub publishing."""

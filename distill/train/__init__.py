@@ -1,0 +1,1 @@
+"""SFT with TRL (+PEFT), chat templates, preflight."""

@@ -1,0 +1,87 @@
+"""Session fixtures: a tiny tokenizer and tiny Qwen2/Llama models built offline, and one real vLLM engine."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# No network in any test; vLLM in-process (starts in seconds instead of ~50 s).
+os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import distill  # noqa: E402,F401  (blocks unloadable CUDA extras before anything imports transformers)
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data" / "external"
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if any("gpu" in item.keywords for item in items) and not _has_cuda():
+        skip = pytest.mark.skip(reason="needs a CUDA GPU")
+        for item in items:
+            if "gpu" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip("../shared/data/external is absent")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> Path:
+    from distill.tiny import build_tokenizer
+
+    path = tmp_path_factory.mktemp("tiny-tokenizer")
+    build_tokenizer(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    from distill.tiny import build_model
+
+    path = tmp_path_factory.mktemp("tiny-qwen2")
+    build_model(path, tiny_tokenizer, arch="qwen2")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    from distill.tiny import build_model
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    build_model(path, tiny_tokenizer, arch="llama")
+    return path
+
+
+@pytest.fixture(scope="session")
+def vllm_engine(tiny_qwen_dir):
+    """One real vLLM engine (CPU build on CPU machines) on the tiny Qwen2, shared by the whole session."""
+    from distill.engine import make_llm
+
+    llm = make_llm(str(tiny_qwen_dir), max_model_len=2048, dtype="float32", seed=0)
+    yield llm
+    del llm
