@@ -18,11 +18,7 @@ TRACEBACK_ENV = "DISTILL_TRACEBACK"
 
 # Stages whose issue has not landed yet: they say so in one line instead of half-working.
 NOT_BUILT: dict[str, str] = {
-    "generate": "issue 3",
-    "filter": "issue 4",
     "sft": "issue 5",
-    "eval": "issue 6",
-    "publish": "issue 7",
     "demo": "issue 7",
 }
 
@@ -38,9 +34,11 @@ HELP = {
 
 def _runner(stage: str):
     # Imported lazily so `distill --help` stays fast and engines load only for the stage that needs them.
-    if stage in NOT_BUILT:
-        return None
-    raise AssertionError(f"no runner for {stage}")
+    import importlib
+
+    modules = {"generate": "distill.generate", "filter": "distill.filters.run", "sft": "distill.train.sft",
+               "eval": "distill.eval.run", "publish": "distill.data.publish", "demo": "distill.demo"}
+    return importlib.import_module(modules[stage]).run
 
 
 def _setup_logging() -> None:
@@ -85,9 +83,11 @@ def _stage_command(stage: str) -> click.Command:
     cls = STAGE_CONFIGS[stage]
 
     def callback(config: str | None, **kwargs: Any) -> None:
+        ctx = click.get_current_context()
+        if getattr(ctx, "invoked_subcommand", None):
+            return  # `distill eval compare …`: the subcommand runs, not the stage
         if stage in NOT_BUILT:
             raise DistillError(f"`distill {stage}` is not built yet ({NOT_BUILT[stage]})")
-        ctx = click.get_current_context()
         overrides = {k: v for k, v in kwargs.items()
                      if v is not None and ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
         cfg = load_config(cls, config, overrides)
@@ -95,8 +95,21 @@ def _stage_command(stage: str) -> click.Command:
 
     params = [click.Option(["--config", "config"], type=click.Path(dir_okay=False), default=None,
                            help="YAML recipe; flags given on the command line override it")]
+    if stage == "eval":  # a group so that `distill eval compare DIR…` exists; no subcommand runs the eval
+        return click.Group(stage, callback=callback, params=params + _click_params(cls), help=HELP[stage],
+                           short_help=HELP[stage], invoke_without_command=True, commands=[_eval_compare])
     return click.Command(stage, callback=callback, params=params + _click_params(cls), help=HELP[stage],
                          short_help=HELP[stage])
+
+
+@click.command("compare")
+@click.argument("dirs", nargs=-1, required=True)
+@click.option("--out", default=None, help="folder for compare.md and the plots  [default: DIR1/compare]")
+def _eval_compare(dirs: tuple[str, ...], out: str | None) -> None:
+    """Side by side: tasks × runs (pass@1 ± 95% CI), accuracy-vs-tokens and length plots."""
+    from distill.eval.run import compare
+
+    compare(list(dirs), out)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

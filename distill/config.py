@@ -67,6 +67,10 @@ class GenerateConfig(DataSourceMixin):
     dtype: str = opt("auto", "vLLM dtype: auto|bfloat16|float16|float32")
     seed: int = opt(0, "sampling seed")
     enforce_eager: bool = opt(False, "vLLM: disable CUDA graphs / compilation")
+    distributed_executor_backend: str | None = opt(None, "vLLM executor: ray (multi-node TP/PP) or mp (one node)", choices=("ray", "mp"))
+    teacher_revision: str | None = opt(None, "Hub revision (branch, tag or commit) of the teacher to pin")
+    request_timeout: float = opt(3600.0, "--backend openai: seconds before one request is abandoned and retried")
+    max_retries: int = opt(8, "--backend openai: retries per request on 429, 5xx, timeouts and dropped connections")
 
 
 @dataclass
@@ -82,12 +86,34 @@ class FilterConfig(DataSourceMixin):
     skip_invalid: bool = opt(False, "count malformed input lines instead of failing on the first")
     workers: int | None = opt(None, "grader worker processes (default: all cores)")
     answer_timeout: float = opt(5.0, "hard per-record grading timeout in seconds")
+    answer_type: str = opt("auto", "how answers compare: auto|integer|number|expression",
+                           choices=("auto", "integer", "number", "expression"))
+    min_tokens: int = opt(0, "length: drop completions shorter than this many tokens")
+    max_tokens: int = opt(16384, "length: drop completions longer than this, 0: no limit (default = sft's max_length)")
+    tokenizer: str | None = opt(None, "length: count tokens with this tokenizer (default: num_tokens, else chars/4)")
+    repetition_ngram: int = opt(20, "repetition: word n-gram size of the loop detector")
+    repetition_max_repeats: int = opt(10, "repetition: drop when one n-gram occurs this many times")
+    language: str = opt("auto", "language: expected script of the reasoning (auto = the problem's)",
+                        choices=("auto", "latin", "cyrillic", "arabic", "hebrew", "devanagari", "thai", "cjk", "hangul"))
+    language_max_foreign: float = opt(0.05, "language: max share of words/characters in another script")
+    dedup_threshold: float = opt(0.8, "dedup: MinHash Jaccard similarity at which a completion is a near-duplicate")
+    decontam_ngram: int = opt(8, "decontaminate: word n-gram size matched against the eval sets")
+    decontam_min_overlap: float = opt(0.2, "decontaminate: share of an eval problem's n-grams a problem must "
+                                           "contain (0: any shared n-gram)")
+    decontam_tasks: list[str] = opt(["aime24", "aime25", "math500", "amc23", "gsm8k", "minerva", "olympiadbench"],
+                                    "decontaminate: bundled eval sets to check problems against")
+    select_k: int = opt(4, "select: keep at most this many correct traces per problem")
+    select_strategy: str = opt("random", "select: which k to keep: shortest|random|all",
+                               choices=("shortest", "random", "all"))
+    seed: int = opt(0, "select: seed of the random strategy")
+    chunk_size: int = opt(10000, "records per processing chunk and per output Parquet file")
 
 
 @dataclass
 class SftConfig:
     student: str = opt("", "student model: local path or Hub id", required=True)
     data: str = opt("", "filter output, records JSONL/Parquet, or a messages/ShareGPT dataset", required=True)
+    format: str | None = opt(None, "input format of a published dataset (default: detect)")
     out: str = opt("", "output directory for the model, checkpoints and stats.json", required=True)
     epochs: float = opt(3.0, "training epochs")
     learning_rate: float = opt(1e-5, "peak learning rate")
@@ -95,6 +121,19 @@ class SftConfig:
     max_steps: int = opt(-1, "stop after N optimizer steps (-1: run all epochs)")
     lora: bool = opt(False, "train a LoRA adapter instead of all weights")
     preflight_only: bool = opt(False, "run the preflight checks, print them and exit")
+    chat_template: str = opt("auto", "auto (own if it keeps <think>, else a template that does), own, chatml, deepseek-r1, llama3 or a .jinja file")
+    max_dropped_share: float = opt(0.1, "fail the preflight if more than this share of samples is longer than max_length")
+    split: str = opt("train", "split to read when DATA is a Hub dataset id or a local dataset folder")
+    subset: str | None = opt(None, "Hub dataset config/subset name")
+    revision: str | None = opt(None, "Hub dataset revision (branch, tag or commit) to pin")
+    seed: int = opt(42, "training seed")
+    resume: str = opt("auto", "auto: continue from the last checkpoint in --out if one exists; never: start over", choices=("auto", "never"))
+    lora_r: int = opt(16, "LoRA rank")
+    lora_alpha: int = opt(32, "LoRA alpha")
+    lora_dropout: float = opt(0.05, "LoRA dropout")
+    lora_target_modules: list[str] = opt(["all-linear"], "LoRA target modules (comma-separated), or all-linear")
+    load_in_4bit: bool = opt(False, "QLoRA: load the student in 4-bit (needs --lora, bitsandbytes and a CUDA GPU)")
+    merge_lora: bool = opt(True, "with --lora, also save the merged full model in OUT/merged (loadable by vLLM)")
     trl: dict[str, Any] = opt({}, "extra TRL SFTConfig fields, passed through as-is (recipe only)")
 
 
@@ -104,6 +143,7 @@ class EvalConfig:
     tasks: list[str] = opt(["aime24", "aime25", "math500", "amc23"], "comma-separated task names or data files")
     out: str = opt("", "output directory (samples.jsonl, results.json)", required=True)
     completions: str | None = opt(None, "grade existing completions from this file instead of generating")
+    format: str | None = opt(None, "--completions: format of a published dataset (default: detect)")
     task: str | None = opt(None, "with --completions: take the gold answers from this task")
     n: int = opt(16, "samples per problem; pass@1 is their mean accuracy")
     temperature: float = opt(0.6, "sampling temperature (R1: 0.6)")
@@ -113,6 +153,31 @@ class EvalConfig:
     base_url: str | None = opt(None, "server URL for --backend openai")
     limit: int | None = opt(None, "only the first K problems of each task")
     seed: int = opt(0, "sampling seed")
+    answer_type: str = opt("task", "grading mode; task: the task's own (auto for custom tasks)",
+                           choices=("task", "auto", "integer", "number", "expression"))
+    workers: int | None = opt(None, "grader worker processes (default: all cores)")
+    answer_timeout: float = opt(5.0, "hard per-record grading timeout in seconds")
+    prompt_template: str | None = opt(None, "file with a prompt template containing {problem} (default: R1)")
+    think_prefill: str = opt("auto", "start the assistant turn with '<think>\\n': auto|on|off", choices=("auto", "on", "off"))
+    overwrite: bool = opt(False, "discard existing generations in --out and start over")
+    chunk_size: int = opt(64, "problems per engine call; the unit of resume")
+    api_key_env: str = opt("OPENAI_API_KEY", "name of the environment variable holding the API key (never the key)")
+    concurrency: int = opt(64, "in-flight requests for --backend openai")
+    tensor_parallel_size: int = opt(1, "vLLM tensor parallel size")
+    data_parallel_size: int = opt(1, "vLLM data parallel size")
+    pipeline_parallel_size: int = opt(1, "vLLM pipeline parallel size")
+    gpu_memory_utilization: float = opt(0.9, "vLLM fraction of GPU memory to use")
+    max_model_len: int | None = opt(None, "vLLM context length (default: the model's)")
+    dtype: str = opt("auto", "vLLM dtype: auto|bfloat16|float16|float32")
+    enforce_eager: bool = opt(False, "vLLM: disable CUDA graphs / compilation")
+    problem_key: str = opt("problem", "custom tasks: column holding the problem text")
+    answer_key: str = opt("answer", "custom tasks: column holding the gold answer")
+    id_key: str | None = opt(None, "custom tasks: column holding a stable problem id (default: row index)")
+    split: str = opt("test", "custom tasks: split to read from a Hub dataset id")
+    subset: str | None = opt(None, "custom tasks: Hub dataset config/subset name")
+    revision: str | None = opt(None, "custom tasks: Hub dataset revision (branch, tag or commit) to pin")
+    thinking_budget: int | None = opt(None, "cap the thought at B tokens, then force the answer after '</think>' (vllm)")
+    min_thinking_tokens: int | None = opt(None, "s1 forcing: a thought ending before N tokens gets 'Wait', goes on (vllm)")
 
 
 @dataclass
@@ -121,6 +186,8 @@ class PublishConfig:
     repo: str = opt("", "Hub dataset repo, ORG/NAME", required=True)
     private: bool = opt(False, "create the Hub repo as private")
     dry_run: bool = opt(False, "write what would be uploaded into DIR/hub/ and upload nothing")
+    license: str = opt("other", "Hub license id for the card (e.g. apache-2.0, mit); check the teacher's and problems' terms")
+    shard_rows: int = opt(20000, "rows per uploaded Parquet shard")
 
 
 @dataclass
@@ -238,7 +305,7 @@ def build_config(cls: type, recipe: dict[str, Any] | None = None, overrides: dic
                 errors.append(f"{layer_name}: option '{key}': {e}")
                 continue
             choices = known[name].metadata.get("choices")
-            if choices and value not in choices:
+            if choices and value is not None and value not in choices:
                 errors.append(f"{layer_name}: option '{key}': {value!r} is not one of {', '.join(choices)}")
                 continue
             values[name] = value

@@ -28,13 +28,17 @@ DEFAULT_CORPUS = [
 
 
 def build_tokenizer(out_dir: str | Path, corpus: Iterable[str] | None = None, vocab_size: int = 384,
-                    chat_template: str = CHATML_TEMPLATE):
-    """Train a byte-level BPE tokenizer with ChatML and <think> tokens; save it with save_pretrained."""
+                    chat_template: str = CHATML_TEMPLATE, individual_digits: bool = False):
+    """Train a byte-level BPE tokenizer with ChatML and <think> tokens; save it with save_pretrained.
+
+    individual_digits splits numbers into one token per digit, as Qwen2's tokenizer does; arithmetic needs it."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=None))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                         if individual_digits else byte_level)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)

@@ -1,6 +1,7 @@
 """Child processes of distill (vLLM's inspection subprocess, the OpenAI server) inherit the parent's decision
 to treat CUDA-only torch extensions as absent (see distill/_compat.py), then run any other sitecustomize."""
 
+import importlib.machinery
 import importlib.util
 import os
 import sys
