@@ -18,7 +18,6 @@ TRACEBACK_ENV = "DISTILL_TRACEBACK"
 
 # Stages whose issue has not landed yet: they say so in one line instead of half-working.
 NOT_BUILT: dict[str, str] = {
-    "demo": "issue 7",
 }
 
 HELP = {

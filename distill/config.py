@@ -195,12 +195,12 @@ class DemoConfig:
     out: str = opt("demo-out", "output directory for every stage of the demo")
     cache_dir: str = opt("~/.cache/distill/demo", "where the toy teacher is cached between runs")
     teacher_problems: int = opt(6000, "gold traces the toy teacher is trained on")
-    teacher_steps: int = opt(600, "optimizer steps for the toy teacher (batch 32)")
-    train_problems: int = opt(1500, "problems the teacher writes traces for")
+    teacher_steps: int = opt(800, "optimizer steps for the toy teacher (8 packs of 256 tokens each)")
+    train_problems: int = opt(3000, "problems the teacher writes traces for")
     n: int = opt(2, "teacher samples per problem")
     heldout_problems: int = opt(100, "held-out problems for the three evals")
     eval_n: int = opt(4, "samples per held-out problem; pass@1 is their mean accuracy")
-    student_epochs: float = opt(3.0, "student SFT epochs on the kept traces")
+    student_steps: int = opt(600, "optimizer steps for the student on the kept traces (8 packs each)")
     seed: int = opt(0, "seed for the toy data, the models and sampling")
 
 

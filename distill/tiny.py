@@ -8,7 +8,11 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+CONTROL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+# As in Qwen3's and DeepSeek-R1's tokenizers, <think>/</think> are added tokens but not "special": decoding with
+# skip_special_tokens (vLLM's default) keeps them in the text.
+THINK_TOKENS = ["<think>", "</think>"]
+SPECIAL_TOKENS = CONTROL_TOKENS + THINK_TOKENS
 
 # ChatML, as Qwen2.5 uses it, keeping <think> in assistant turns; an optional system turn.
 CHATML_TEMPLATE = (
@@ -32,7 +36,7 @@ def build_tokenizer(out_dir: str | Path, corpus: Iterable[str] | None = None, vo
     """Train a byte-level BPE tokenizer with ChatML and <think> tokens; save it with save_pretrained.
 
     individual_digits splits numbers into one token per digit, as Qwen2's tokenizer does; arithmetic needs it."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE(unk_token=None))
@@ -40,16 +44,17 @@ def build_tokenizer(out_dir: str | Path, corpus: Iterable[str] | None = None, vo
     tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
                          if individual_digits else byte_level)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=CONTROL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(list(corpus or DEFAULT_CORPUS), trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",  # distinct from eos, so the end-of-turn token is trained, not masked as padding
-        additional_special_tokens=["<|im_start|>", "<think>", "</think>"],
+        additional_special_tokens=["<|im_start|>"],
         model_max_length=4096,
     )
+    fast.add_tokens([AddedToken(t, special=False, normalized=False) for t in THINK_TOKENS])
     fast.chat_template = chat_template
     fast.save_pretrained(str(out_dir))
     return fast

@@ -1,0 +1,34 @@
+"""The demo end to end on the real engines: distillation must visibly work."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from distill.config import DemoConfig
+from distill.demo import toy_problems, toy_trace
+
+
+def test_toy_traces_are_correct_and_problems_disjoint():
+    train = toy_problems(200, seed=2)
+    held = toy_problems(50, seed=3, exclude={p["problem"] for p in train})
+    assert not {p["problem"] for p in train} & {p["problem"] for p in held}
+    for p in train[:20]:
+        trace = toy_trace(p["terms"])
+        assert trace.startswith("<think>\n") and f"\\boxed{{{p['answer']}}}" in trace
+        assert int(p["answer"]) == sum(p["terms"])
+
+
+@pytest.mark.slow
+def test_demo_student_ends_clearly_better(tmp_path):
+    from distill.demo import run
+
+    cfg = DemoConfig(out=str(tmp_path / "demo"), cache_dir=str(tmp_path / "cache"))
+    summary = run(cfg)
+    on_disk = json.loads((tmp_path / "demo" / "demo.json").read_text())
+    for key in ("teacher_pass1", "keep_rate", "student_before_pass1", "student_after_pass1"):
+        assert on_disk[key] == summary[key]
+    assert 20.0 < summary["teacher_pass1"] < 100.0
+    assert 0.0 < summary["keep_rate"] <= 100.0
+    assert summary["student_after_pass1"] >= summary["student_before_pass1"] + 20.0
