@@ -47,7 +47,10 @@ def _setup_logging() -> None:
 
 def _click_params(cls: type) -> list[click.Parameter]:
     params: list[click.Parameter] = []
-    for name, f in fields_of(cls).items():
+    fields = fields_of(cls)
+    own = [n for n in fields if n in cls.__dict__.get("__annotations__", {})]  # the stage's own options first in --help
+    for name in own + [n for n in fields if n not in own]:
+        f = fields[name]
         tp, _ = _base_type(field_type(cls, name))
         if typing.get_origin(tp) is dict or tp is dict:
             continue  # nested mappings (e.g. TRL pass-through) are recipe-only

@@ -40,37 +40,44 @@ class DataSourceMixin:
 
 
 @dataclass
-class GenerateConfig(DataSourceMixin):
-    teacher: str = opt("", "teacher model: local path or Hub id (vllm) / served model name (openai)", required=True)
-    dataset: str = opt("", "problems: JSONL/Parquet/CSV file, dataset folder, bundled task name or Hub id", required=True)
-    out: str = opt("", "output directory for shards, manifest.json and stats.json", required=True)
+class EngineMixin:
+    """How a model is sampled: R1 sampling, the prompt, the vLLM engine or an OpenAI-compatible server.
+    Shared by generate and eval (eval generates through generate, field by field)."""
+
     n: int = opt(4, "samples per problem")
     temperature: float = opt(0.6, "sampling temperature (R1: 0.6)")
     top_p: float = opt(0.95, "nucleus sampling top-p (R1: 0.95)")
     max_tokens: int = opt(32768, "max new tokens per sample (R1: 32768)")
+    seed: int = opt(0, "sampling seed")
     limit: int | None = opt(None, "only the first K problems")
-    source: str | None = opt(None, "source name used in record ids (default: dataset file stem)")
+    overwrite: bool = opt(False, "discard existing output in --out and start over")
+    chunk_size: int = opt(64, "problems per engine call; the unit of resume")
+    prompt_template: str | None = opt(None, "file with a prompt template containing {problem} (default: R1)")
+    think_prefill: str = opt("auto", "start the assistant turn with '<think>\\n': auto|on|off", choices=("auto", "on", "off"))
     backend: str = opt("vllm", "vllm (in-process engine) or openai (any OpenAI-compatible server)", choices=("vllm", "openai"))
     base_url: str | None = opt(None, "server URL for --backend openai, e.g. http://127.0.0.1:8000/v1")
     api_key_env: str = opt("OPENAI_API_KEY", "name of the environment variable holding the API key (never the key)")
     concurrency: int = opt(64, "in-flight requests for --backend openai")
-    shard: str | None = opt(None, "I/N: process only partition I of N (by problem id), e.g. 0/8")
-    overwrite: bool = opt(False, "discard existing output in --out and start over")
-    chunk_size: int = opt(64, "problems per engine call; the unit of resume")
-    prompt_template: str | None = opt(None, "file with a prompt template containing {problem}")
-    think_prefill: str = opt("auto", "start the assistant turn with '<think>\\n': auto|on|off", choices=("auto", "on", "off"))
+    request_timeout: float = opt(3600.0, "--backend openai: seconds before one request is abandoned and retried")
+    max_retries: int = opt(8, "--backend openai: retries per request on 429, 5xx, timeouts and dropped connections")
     tensor_parallel_size: int = opt(1, "vLLM tensor parallel size")
     data_parallel_size: int = opt(1, "vLLM data parallel size")
     pipeline_parallel_size: int = opt(1, "vLLM pipeline parallel size")
+    distributed_executor_backend: str | None = opt(None, "vLLM executor: ray (multi-node TP/PP) or mp (one node)", choices=("ray", "mp"))
     gpu_memory_utilization: float = opt(0.9, "vLLM fraction of GPU memory to use")
     max_model_len: int | None = opt(None, "vLLM context length (default: the model's)")
     dtype: str = opt("auto", "vLLM dtype: auto|bfloat16|float16|float32")
-    seed: int = opt(0, "sampling seed")
     enforce_eager: bool = opt(False, "vLLM: disable CUDA graphs / compilation")
-    distributed_executor_backend: str | None = opt(None, "vLLM executor: ray (multi-node TP/PP) or mp (one node)", choices=("ray", "mp"))
+
+
+@dataclass
+class GenerateConfig(EngineMixin, DataSourceMixin):
+    teacher: str = opt("", "teacher model: local path or Hub id (vllm) / served model name (openai)", required=True)
+    dataset: str = opt("", "problems: JSONL/Parquet/CSV file, dataset folder, bundled task name or Hub id", required=True)
+    out: str = opt("", "output directory for shards, manifest.json and stats.json", required=True)
+    source: str | None = opt(None, "source name used in record ids (default: dataset file stem)")
+    shard: str | None = opt(None, "I/N: process only partition I of N (by problem id), e.g. 0/8")
     teacher_revision: str | None = opt(None, "Hub revision (branch, tag or commit) of the teacher to pin")
-    request_timeout: float = opt(3600.0, "--backend openai: seconds before one request is abandoned and retried")
-    max_retries: int = opt(8, "--backend openai: retries per request on 429, 5xx, timeouts and dropped connections")
 
 
 @dataclass
@@ -138,7 +145,7 @@ class SftConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(EngineMixin):
     model: str | None = opt(None, "model to evaluate: local path or Hub id (vllm) / served model name (openai)")
     tasks: list[str] = opt(["aime24", "aime25", "math500", "amc23"], "comma-separated task names or data files")
     out: str = opt("", "output directory (samples.jsonl, results.json)", required=True)
@@ -146,30 +153,11 @@ class EvalConfig:
     format: str | None = opt(None, "--completions: format of a published dataset (default: detect)")
     task: str | None = opt(None, "with --completions: take the gold answers from this task")
     n: int = opt(16, "samples per problem; pass@1 is their mean accuracy")
-    temperature: float = opt(0.6, "sampling temperature (R1: 0.6)")
-    top_p: float = opt(0.95, "nucleus sampling top-p (R1: 0.95)")
-    max_tokens: int = opt(32768, "max new tokens per sample (R1: 32768)")
-    backend: str = opt("vllm", "vllm or openai", choices=("vllm", "openai"))
-    base_url: str | None = opt(None, "server URL for --backend openai")
     limit: int | None = opt(None, "only the first K problems of each task")
-    seed: int = opt(0, "sampling seed")
     answer_type: str = opt("task", "grading mode; task: the task's own (auto for custom tasks)",
                            choices=("task", "auto", "integer", "number", "expression"))
     workers: int | None = opt(None, "grader worker processes (default: all cores)")
     answer_timeout: float = opt(5.0, "hard per-record grading timeout in seconds")
-    prompt_template: str | None = opt(None, "file with a prompt template containing {problem} (default: R1)")
-    think_prefill: str = opt("auto", "start the assistant turn with '<think>\\n': auto|on|off", choices=("auto", "on", "off"))
-    overwrite: bool = opt(False, "discard existing generations in --out and start over")
-    chunk_size: int = opt(64, "problems per engine call; the unit of resume")
-    api_key_env: str = opt("OPENAI_API_KEY", "name of the environment variable holding the API key (never the key)")
-    concurrency: int = opt(64, "in-flight requests for --backend openai")
-    tensor_parallel_size: int = opt(1, "vLLM tensor parallel size")
-    data_parallel_size: int = opt(1, "vLLM data parallel size")
-    pipeline_parallel_size: int = opt(1, "vLLM pipeline parallel size")
-    gpu_memory_utilization: float = opt(0.9, "vLLM fraction of GPU memory to use")
-    max_model_len: int | None = opt(None, "vLLM context length (default: the model's)")
-    dtype: str = opt("auto", "vLLM dtype: auto|bfloat16|float16|float32")
-    enforce_eager: bool = opt(False, "vLLM: disable CUDA graphs / compilation")
     problem_key: str = opt("problem", "custom tasks: column holding the problem text")
     answer_key: str = opt("answer", "custom tasks: column holding the gold answer")
     id_key: str | None = opt(None, "custom tasks: column holding a stable problem id (default: row index)")
