@@ -145,7 +145,7 @@ class SftConfig:
 
 
 @dataclass
-class EvalConfig(EngineMixin):
+class EvalConfig(EngineMixin, DataSourceMixin):
     model: str | None = opt(None, "model to evaluate: local path or Hub id (vllm) / served model name (openai)")
     tasks: list[str] = opt(["aime24", "aime25", "math500", "amc23"], "comma-separated task names or data files")
     out: str = opt("", "output directory (samples.jsonl, results.json)", required=True)
@@ -158,12 +158,7 @@ class EvalConfig(EngineMixin):
                            choices=("task", "auto", "integer", "number", "expression"))
     workers: int | None = opt(None, "grader worker processes (default: all cores)")
     answer_timeout: float = opt(5.0, "hard per-record grading timeout in seconds")
-    problem_key: str = opt("problem", "custom tasks: column holding the problem text")
-    answer_key: str = opt("answer", "custom tasks: column holding the gold answer")
-    id_key: str | None = opt(None, "custom tasks: column holding a stable problem id (default: row index)")
     split: str = opt("test", "custom tasks: split to read from a Hub dataset id")
-    subset: str | None = opt(None, "custom tasks: Hub dataset config/subset name")
-    revision: str | None = opt(None, "custom tasks: Hub dataset revision (branch, tag or commit) to pin")
     thinking_budget: int | None = opt(None, "cap the thought at B tokens, then force the answer after '</think>' (vllm)")
     min_thinking_tokens: int | None = opt(None, "s1 forcing: a thought ending before N tokens gets 'Wait', goes on (vllm)")
 

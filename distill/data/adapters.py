@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.data.io import iter_rows
-from distill.data.record import Record
+from distill.data.record import Record, text_value
 from distill.errors import DistillError
 from distill.filters.answer import extract_answer
 
@@ -57,14 +57,6 @@ Adapter = Callable[[dict[str, Any], str, str, str, dict[str, Any]], list[Record]
 # ---------------------------------------------------------------- helpers
 
 
-def _text(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float) and value.is_integer():  # 27.0 means "27"
-        return str(int(value))
-    return str(value)
-
-
 def _field(row: dict[str, Any], column: str, where: str, fmt: str) -> Any:
     if column not in row:
         columns = ", ".join(sorted(map(str, row)))
@@ -77,7 +69,7 @@ def _str_field(row: dict[str, Any], column: str, where: str, fmt: str) -> str:
     value = _field(row, column, where, fmt)
     if not isinstance(value, (str, int, float)) or isinstance(value, bool):
         raise DistillError(f"{where}: column '{column}' must be text, got {type(value).__name__}")
-    return _text(value)
+    return text_value(value)
 
 
 def _list_field(row: dict[str, Any], column: str, where: str, fmt: str, optional: bool = False) -> list:
@@ -126,7 +118,7 @@ def _openr1(row, where, source, index, meta) -> list[Record]:
     verify = _list_field(row, "correctness_math_verify", where, "openr1", optional=True)
     llama = _list_field(row, "correctness_llama", where, "openr1", optional=True)
     complete = _list_field(row, "is_reasoning_complete", where, "openr1", optional=True)
-    pid = _text(row.get("uuid")) or str(index)
+    pid = text_value(row.get("uuid")) or str(index)
     shared = {**meta, **{k: row[k] for k in ("problem_type", "question_type") if row.get(k) is not None}}
     if row.get("source") is not None:
         shared["origin"] = row["source"]  # OpenR1's own `source` column (e.g. "olympiads"), not our source name
@@ -139,7 +131,7 @@ def _openr1(row, where, source, index, meta) -> list[Record]:
         out.append(_record(source, pid, i, problem, answer, completion,
                            {**shared, "correctness_math_verify": _at(verify, i), "correctness_llama": _at(llama, i),
                             "is_reasoning_complete": _at(complete, i)},
-                           where, finish_reason=_text(_at(finish, i)), model=R1_TEACHER))
+                           where, finish_reason=text_value(_at(finish, i)), model=R1_TEACHER))
     return out
 
 
@@ -152,7 +144,7 @@ def _s1k(row, where, source, index, meta) -> list[Record]:
         model = R1_TEACHER
     else:  # s1K 1.0: Gemini Flash Thinking traces
         trajectories = _list_field(row, "thinking_trajectories", where, "s1k")
-        thought, attempt = _text(trajectories[0] if trajectories else ""), _str_field(row, "attempt", where, "s1k")
+        thought, attempt = text_value(trajectories[0] if trajectories else ""), _str_field(row, "attempt", where, "s1k")
         model = "gemini-2.0-flash-thinking-exp"
     gold = _boxed(solution)
     extra = {k: row[k] for k in ("cot_type", "source_type") if row.get(k) is not None}
@@ -190,7 +182,7 @@ def _turn_pair(turns: list, where: str, column: str, role_key: str, text_key: st
         if not isinstance(a, dict) or not isinstance(b, dict):
             raise DistillError(f"{where}: column '{column}' must be a list of {{{role_key}, {text_key}}} objects")
         if a.get(role_key) in USER_ROLES and b.get(role_key) in ASSISTANT_ROLES:
-            return _text(a.get(text_key)), _text(b.get(text_key))
+            return text_value(a.get(text_key)), text_value(b.get(text_key))
     roles = [t.get(role_key) if isinstance(t, dict) else type(t).__name__ for t in turns]
     raise DistillError(f"{where}: column '{column}' has no user turn followed by an assistant turn (roles: {roles})")
 
@@ -208,7 +200,7 @@ def _sharegpt(row, where, source, index, meta) -> list[Record]:
 def _numina(row, where, source, index, meta) -> list[Record]:
     problem = _str_field(row, "problem", where, "numina")
     solution = _str_field(row, "solution", where, "numina")
-    given = _text(row.get("answer")).strip()
+    given = text_value(row.get("answer")).strip()
     answer = given or _boxed(solution)
     extra = {"answer_from": "answer" if given else "solution_boxed" if answer else "none"}
     if row.get("source") is not None:
@@ -219,10 +211,10 @@ def _numina(row, where, source, index, meta) -> list[Record]:
 def _messages(row, where, source, index, meta) -> list[Record]:
     turns = _list_field(row, "messages", where, "messages")
     problem, completion = _turn_pair(turns, where, "messages", "role", "content")
-    given = _text(row.get("answer")).strip()
+    given = text_value(row.get("answer")).strip()
     answer = given or _boxed(completion)
     extra = {"gold_answer": bool(given), "answer_from": "answer" if given else "completion_boxed" if answer else "none"}
-    pid = _text(row.get("id")) or str(index)
+    pid = text_value(row.get("id")) or str(index)
     return [_record(source, pid, 0, problem, answer, completion, {**meta, **extra}, where)]
 
 

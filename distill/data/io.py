@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from distill.data.record import Record
+from distill.data.record import Record, text_value
 from distill.errors import DistillError
 
 log = logging.getLogger(__name__)
@@ -243,16 +243,10 @@ def read_problems(source: str | Path, problem_key: str = "problem", answer_key: 
             raise DistillError(f"{where}: duplicate id '{pid}' (first at {seen[pid]}); ids in --id-key must be unique")
         seen[pid] = where
         answer = row[answer_key]
-        out.append({"id": pid, "problem": problem, "answer": "" if answer is None else _answer_str(answer)})
+        out.append({"id": pid, "problem": problem, "answer": text_value(answer)})
     if not out:
         raise DistillError(f"{source}: no problems found; the dataset is empty")
     return out
-
-
-def _answer_str(value: Any) -> str:
-    if isinstance(value, float) and value.is_integer():
-        return str(int(value))
-    return str(value)
 
 
 def read_records(source: str | Path, split: str = "train", subset: str | None = None, revision: str | None = None,

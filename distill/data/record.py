@@ -72,13 +72,19 @@ class Record:
         return cls(**kwargs)
 
 
-def _as_str(value: Any) -> str:
-    # Gold answers arrive as ints/floats from some sources; 27.0 means "27", not "27.0".
+def text_value(value: Any) -> str:
+    """A stored scalar as text: None → "", and 27.0 means "27", not "27.0" (gold answers arrive as floats)."""
+    if value is None:
+        return ""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
+    return str(value)
+
+
+def _as_str(value: Any) -> str:
     if isinstance(value, (list, dict)):
         return json.dumps(value, ensure_ascii=False)
-    return str(value)
+    return text_value(value)
 
 
 FIELDS = dataclasses.fields(Record)

@@ -76,19 +76,19 @@ def provenance(cfg, tasks: dict[str, dict], generation: dict[str, dict], grader_
                         "pipeline": cfg.pipeline_parallel_size},
         "backend": cfg.backend,
         "prompt": {"template": cfg.prompt_template or "r1", "think_prefill": cfg.think_prefill,
-                   "template_sha256": _sha256_file(cfg.prompt_template)},
+                   "template_sha256": sha256_file(cfg.prompt_template)},
         "chat_template_sha256": _chat_template_hash(cfg.model, manifests),
         "tasks": {name: {k: v for k, v in t.items() if k != "dataset"} for name, t in tasks.items()},
         "generate_manifests": manifests,
     }
     if cfg.completions:
-        prov["completions"] = {"path": str(cfg.completions), "sha256": _sha256_file(cfg.completions)}
+        prov["completions"] = {"path": str(cfg.completions), "sha256": sha256_file(cfg.completions)}
         for key in ("n", "sampling", "dtype", "parallelism", "backend", "seed", "chat_template_sha256"):
             prov[key] = None  # the file's generator decided these; we don't know them
     return prov
 
 
-def _sha256_file(path: str | None) -> str | None:
+def sha256_file(path: str | Path | None) -> str | None:
     if not path or not Path(path).is_file():
         return None
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -47,7 +47,7 @@ def resolve_task(name: str, cfg: EvalConfig) -> dict[str, Any]:
     path = Path(name)
     if path.is_file():
         return {"name": path.stem, "dataset": str(path), "bundled": False, "answer_type": _answer_type(cfg) or "auto",
-                "data_sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "path": str(path.resolve())}
+                "data_sha256": report.sha256_file(path), "path": str(path.resolve())}
     if path.suffix or name.startswith((".", "/", "~")) or "/" not in name:
         hint = "; bundled tasks: " + ", ".join(TASK_NAMES)
         raise DistillError(f"task {name!r}: not a bundled task and no such file{hint}")
@@ -81,7 +81,7 @@ def completions_records(cfg: EvalConfig) -> tuple[dict, list[Record]]:
     else:
         task = {"name": Path(cfg.completions).stem, "dataset": None, "bundled": False,
                 "answer_type": _answer_type(cfg) or "auto",
-                "data_sha256": _file_sha256(cfg.completions)}
+                "data_sha256": report.sha256_file(cfg.completions)}
         gold = None
     task["completions"] = str(cfg.completions)
     records: list[Record] = []
@@ -133,11 +133,6 @@ def completions_records(cfg: EvalConfig) -> tuple[dict, list[Record]]:
     if not records:
         raise DistillError(f"{cfg.completions}: no completions found; the file is empty")
     return task, records
-
-
-def _file_sha256(path: str | Path) -> str | None:
-    p = Path(path)
-    return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
 
 
 # ---------------------------------------------------------------- generation
