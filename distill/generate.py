@@ -122,7 +122,7 @@ def _check_teacher_path(teacher: str) -> None:
 
 def load_problems(cfg: GenerateConfig) -> list[dict[str, str]]:
     """The dataset's problems ({id, problem, answer}); bundled tasks keep their own ids."""
-    from distill.eval.tasks import TASK_NAMES
+    from distill.tasks import TASK_NAMES
 
     id_key = cfg.id_key or ("id" if cfg.dataset in TASK_NAMES else None)
     return read_problems(cfg.dataset, cfg.problem_key, cfg.answer_key, id_key, cfg.split, cfg.subset, cfg.revision,

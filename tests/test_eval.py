@@ -13,7 +13,7 @@ from distill.cli import main
 from distill.config import EvalConfig, build_config
 from distill.errors import DistillError
 from distill.eval.run import compare, run
-from distill.eval.tasks import load_task
+from distill.tasks import load_task
 from distill.filters.answer import GRADER_VERSION
 
 

@@ -12,7 +12,7 @@ import yaml
 from distill.cli import main
 from distill.config import FilterConfig, build_config, load_config
 from distill.errors import DistillError
-from distill.eval.tasks import load_task
+from distill.tasks import load_task
 from distill.filters.run import STEPS, funnel_table, run
 from distill.prompts import sft_messages
 

@@ -7,7 +7,7 @@ import pytest
 
 from distill.data.record import Record
 from distill.errors import DistillError
-from distill.eval.tasks import load_task
+from distill.tasks import load_task
 from distill.filters import dataset, steps
 from distill.filters.dataset import (
     Decontaminator,

@@ -7,7 +7,7 @@ import pytest
 
 from distill.errors import DistillError
 from distill.eval import tasks
-from distill.eval.tasks import TASK_NAMES, load_task, task_spec
+from distill.tasks import TASK_NAMES, load_task, task_spec
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "external"
 
@@ -108,7 +108,7 @@ def test_untampered_copy_loads(tmp_path, monkeypatch):
 def test_build_reproduces_bundled_files(tmp_path):
     if not (SHARED / "benchmarks").is_dir():
         pytest.skip(f"shared source copies not found at {SHARED}")
-    from distill.eval.tasks import build
+    from distill.tasks import build
 
     build.main(["--shared", str(SHARED), "--out", str(tmp_path)])
     bundled = Path(task_spec("aime24")["path"]).parent

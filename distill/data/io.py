@@ -107,7 +107,7 @@ def iter_rows(source: str | Path, split: str = "train", subset: str | None = Non
         else:
             yield from _iter_hub(str(source), split, subset, revision)
     else:
-        from distill.eval.tasks import TASK_NAMES, load_task
+        from distill.tasks import TASK_NAMES, load_task
 
         if str(source) in TASK_NAMES:
             for i, row in enumerate(load_task(str(source))):

@@ -24,7 +24,7 @@ from distill.data.io import atomic_write_json, iter_rows, read_problems, read_re
 from distill.data.record import Record
 from distill.errors import DistillError
 from distill.eval import metrics, report
-from distill.eval.tasks import TASK_NAMES, task_spec
+from distill.tasks import TASK_NAMES, task_spec
 from distill.filters.answer import GRADER_VERSION, Grader
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def resolve_task(name: str, cfg: EvalConfig) -> dict[str, Any]:
     """What eval needs to know about a task: its name, what to hand generate, answer_type and data hashes."""
     if name in TASK_NAMES:
         spec = task_spec(name)
-        yaml_bytes = resources.files("distill.eval.tasks").joinpath(f"{name}.yaml").read_bytes()
+        yaml_bytes = resources.files("distill.tasks").joinpath(f"{name}.yaml").read_bytes()
         return {"name": name, "dataset": name, "bundled": True, "answer_type": _answer_type(cfg) or spec["answer_type"],
                 "version": spec.get("version"), "rows": spec.get("rows"), "data_sha256": spec["sha256"],
                 "yaml_sha256": hashlib.sha256(yaml_bytes).hexdigest(), "source": spec.get("source")}

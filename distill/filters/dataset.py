@@ -159,7 +159,7 @@ class Decontaminator:
     reasons = ("contaminated",)
 
     def __init__(self, tasks: Iterable[str] | None = None, ngram: int = 8, min_overlap: float = 0.2):
-        from distill.eval.tasks import TASK_NAMES, load_task
+        from distill.tasks import TASK_NAMES, load_task
 
         if ngram < 1:
             raise DistillError(f"decontaminate: decontam_ngram must be >= 1, got {ngram}")

@@ -13,7 +13,7 @@ from distill.errors import DistillError
 
 TASK_NAMES = ("aime24", "aime25", "math500", "amc23", "gsm8k", "minerva", "olympiadbench")
 
-_REBUILD = "python -m distill.eval.tasks.build"
+_REBUILD = "python -m distill.tasks.build"
 
 
 def task_spec(name: str) -> dict:
