@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from distill.errors import DistillError
-from distill.eval import tasks
+from distill import tasks
 from distill.tasks import TASK_NAMES, load_task, task_spec
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "external"
