@@ -91,7 +91,7 @@ def test_tampered_data_is_refused(tmp_path, monkeypatch):
     shutil.copyfile(real["path"], copy)
     copy.write_bytes(copy.read_bytes().replace(b'"answer": "27"', b'"answer": "28"', 1))
     monkeypatch.setattr(tasks, "task_spec", lambda name: {**real, "path": str(copy)})
-    fix = r"re-run `python -m distill\.eval\.tasks\.build`"
+    fix = r"re-run `python -m distill\.tasks\.build`"
     with pytest.raises(DistillError, match=rf"amc23\.jsonl.*sha256.*{fix}"):
         load_task("amc23")
 
