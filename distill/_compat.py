@@ -16,6 +16,8 @@ from pathlib import Path
 
 EXTRAS = ("torchvision", "torchaudio", "torchcodec")
 ENV = "DISTILL_BLOCKED_MODULES"
+# Set by the CLI: every Python child process asks the kernel to kill it when its parent dies (see _guard).
+PARENT_DEATH_ENV = "DISTILL_DIE_WITH_PARENT"
 _CUDA_LIBS = (b"libtorch_cuda.so", b"libc10_cuda.so", b"libcudart.so")
 
 
@@ -52,10 +54,33 @@ def block_broken_extras() -> list[str]:
         blocked = broken_extras()
         os.environ[ENV] = ",".join(blocked)
         if blocked:
-            guard = str(Path(__file__).parent / "_guard")
-            paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-            if guard not in paths:
-                os.environ["PYTHONPATH"] = os.pathsep.join([guard, *paths])
+            install_guard()
     for name in blocked:
         sys.modules.setdefault(name, None)
     return blocked
+
+
+def die_with_parent_children() -> None:
+    """This process's children (forked or spawned, and theirs) get SIGKILL when their parent dies (_guard)."""
+    os.environ[PARENT_DEATH_ENV] = "1"
+    install_guard()
+    if sys.platform.startswith("linux"):
+        os.register_at_fork(after_in_child=_die_with_parent)
+
+
+def _die_with_parent() -> None:
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def install_guard() -> None:
+    """Put distill/_guard (a sitecustomize) on the PYTHONPATH child processes inherit."""
+    guard = str(Path(__file__).parent / "_guard")
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if guard not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([guard, *paths])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -11,14 +12,11 @@ from typing import Any
 import click
 
 from distill import __version__
+from distill._compat import die_with_parent_children
 from distill.config import STAGE_CONFIGS, _base_type, field_type, fields_of, load_config
 from distill.errors import DistillError
 
 TRACEBACK_ENV = "DISTILL_TRACEBACK"
-
-# Stages whose issue has not landed yet: they say so in one line instead of half-working.
-NOT_BUILT: dict[str, str] = {
-}
 
 HELP = {
     "generate": "Teacher writes n <think> traces per problem (vLLM or an OpenAI-compatible server), resumably.",
@@ -87,8 +85,6 @@ def _stage_command(stage: str) -> click.Command:
         ctx = click.get_current_context()
         if getattr(ctx, "invoked_subcommand", None):
             return  # `distill eval compare …`: the subcommand runs, not the stage
-        if stage in NOT_BUILT:
-            raise DistillError(f"`distill {stage}` is not built yet ({NOT_BUILT[stage]})")
         overrides = {k: v for k, v in kwargs.items()
                      if v is not None and ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
         cfg = load_config(cls, config, overrides)
@@ -123,9 +119,25 @@ for _stage in STAGE_CONFIGS:
     cli.add_command(_stage_command(_stage))
 
 
+INTERRUPTED = ("interrupted; run the same command again: generate, eval and sft resume where they stopped, filter "
+               "starts over with its previous output intact")
+
+
+def os_error_line(e: OSError) -> str:
+    """A filesystem error (read-only folder, disk full, permission) as one line naming the path."""
+    where = e.filename or "a file"
+    if e.filename2:
+        where = f"{e.filename} → {e.filename2}"
+    hint = {errno.ENOSPC: "free some space or choose another --out", errno.EROFS: "choose a writable --out",
+            errno.EACCES: "check the permissions or choose another --out", errno.EDQUOT: "free some quota",
+            errno.ENOENT: "check the path"}.get(e.errno or 0, "check the path and the disk")
+    return f"{where}: {e.strerror or e}; {hint}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user mistakes print one line `error: …`; DISTILL_TRACEBACK=1 shows the traceback."""
     _setup_logging()
+    die_with_parent_children()  # vLLM's engine core and workers die with us, even on kill -9 (distill/_guard)
     try:
         rv = cli.main(args=argv, prog_name="distill", standalone_mode=False)
         return rv if isinstance(rv, int) else 0
@@ -134,14 +146,16 @@ def main(argv: list[str] | None = None) -> int:
             raise
         click.echo(f"error: {e}", err=True)
         return 1
+    except OSError as e:
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        click.echo(f"error: {os_error_line(e)}", err=True)
+        return 1
     except click.exceptions.ClickException as e:
         e.show()
         return e.exit_code
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        return 130
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo(INTERRUPTED, err=True)
         return 130
 
 

@@ -36,13 +36,14 @@ class DataSourceMixin:
     revision: str | None = opt(None, "Hub dataset revision (branch, tag or commit) to pin")
     problem_key: str = opt("problem", "column holding the problem text")
     answer_key: str = opt("answer", "column holding the gold answer")
-    id_key: str | None = opt(None, "column holding a stable problem id (default: row index)")
+    id_key: str | None = opt(None, "column holding a stable problem id (default: a hash of the problem text)")
+    skip_invalid: bool = opt(False, "count malformed input lines instead of failing on the first")
 
 
 @dataclass
 class EngineMixin:
     """How a model is sampled: R1 sampling, the prompt, the vLLM engine or an OpenAI-compatible server.
-    Shared by generate and eval (eval generates through generate, field by field)."""
+    Shared by generate and eval; distill.engine.make_engine reads the engine fields."""
 
     n: int = opt(4, "samples per problem")
     temperature: float = opt(0.6, "sampling temperature (R1: 0.6)")
@@ -68,6 +69,9 @@ class EngineMixin:
     max_model_len: int | None = opt(None, "vLLM context length (default: the model's)")
     dtype: str = opt("auto", "vLLM dtype: auto|bfloat16|float16|float32")
     enforce_eager: bool = opt(False, "vLLM: disable CUDA graphs / compilation")
+    thinking_budget: int | None = opt(None, "cap the thought at B tokens, then force the answer after '</think>'")
+    deterministic: bool = opt(False, "vLLM batch-invariant kernels (VLLM_BATCH_INVARIANT=1): the same samples whatever "
+                                     "the batch; slower; recorded in provenance")
 
 
 @dataclass
@@ -79,18 +83,23 @@ class GenerateConfig(EngineMixin, DataSourceMixin):
     shard: str | None = opt(None, "I/N: process only partition I of N (by problem id), e.g. 0/8")
     teacher_revision: str | None = opt(None, "Hub revision (branch, tag or commit) of the teacher to pin")
 
+    @property
+    def model_revision(self) -> str | None:  # the engine's name for it (engine.vllm_kwargs)
+        return self.teacher_revision
+
+
+# The filter steps, in their default order (filters/run.py maps each name to its implementation).
+FILTER_STEPS = ("finished", "think_format", "answer_correct", "length", "repetition", "language", "dedup",
+                "decontaminate", "select")
+
 
 @dataclass
 class FilterConfig(DataSourceMixin):
     input: str = opt("", "generate output dir, or a JSONL/Parquet/Hub dataset of records", positional=True, required=True)
     out: str = opt("", "output directory (kept/, rejected/, stats.json)", required=True)
-    steps: list[str] = opt(
-        ["finished", "think_format", "answer_correct", "length", "repetition", "language", "dedup", "decontaminate", "select"],
-        "comma-separated filter steps, in order",
-    )
+    steps: list[str] = opt(list(FILTER_STEPS), "comma-separated filter steps, in order")
     completion_key: str = opt("completion", "column holding the model completion")
     format: str | None = opt(None, "input format of a published dataset (default: detect)")
-    skip_invalid: bool = opt(False, "count malformed input lines instead of failing on the first")
     workers: int | None = opt(None, "grader worker processes (default: all cores)")
     answer_timeout: float = opt(5.0, "hard per-record grading timeout in seconds")
     answer_type: str = opt("auto", "how answers compare: auto|integer|number|expression",
@@ -107,8 +116,8 @@ class FilterConfig(DataSourceMixin):
     decontam_ngram: int = opt(8, "decontaminate: word n-gram size matched against the eval sets")
     decontam_min_overlap: float = opt(0.2, "decontaminate: share of an eval problem's n-grams a problem must "
                                            "contain (0: any shared n-gram)")
-    decontam_tasks: list[str] = opt(["aime24", "aime25", "math500", "amc23", "gsm8k", "minerva", "olympiadbench"],
-                                    "decontaminate: bundled eval sets to check problems against")
+    decontam_tasks: list[str] = opt([], "decontaminate: bundled eval sets to check problems against (default: every "
+                                        "bundled math task)")
     select_k: int = opt(4, "select: keep at most this many correct traces per problem")
     select_strategy: str = opt("random", "select: which k to keep: shortest|random|all",
                                choices=("shortest", "random", "all"))
@@ -117,10 +126,11 @@ class FilterConfig(DataSourceMixin):
 
 
 @dataclass
-class SftConfig:
+class SftConfig(DataSourceMixin):
     student: str = opt("", "student model: local path or Hub id", required=True)
     data: str = opt("", "filter output, records JSONL/Parquet, or a messages/ShareGPT dataset", required=True)
     format: str | None = opt(None, "input format of a published dataset (default: detect)")
+    completion_key: str = opt("completion", "column holding the completion to train on")
     out: str = opt("", "output directory for the model, checkpoints and stats.json", required=True)
     epochs: float = opt(3.0, "training epochs")
     learning_rate: float = opt(1e-5, "peak learning rate")
@@ -130,11 +140,10 @@ class SftConfig:
     preflight_only: bool = opt(False, "run the preflight checks, print them and exit")
     chat_template: str = opt("auto", "auto (own if it keeps <think>, else a template that does), own, chatml, deepseek-r1, llama3 or a .jinja file")
     max_dropped_share: float = opt(0.1, "fail the preflight if more than this share of samples is longer than max_length")
-    split: str = opt("train", "split to read when DATA is a Hub dataset id or a local dataset folder")
-    subset: str | None = opt(None, "Hub dataset config/subset name")
-    revision: str | None = opt(None, "Hub dataset revision (branch, tag or commit) to pin")
     seed: int = opt(42, "training seed")
-    resume: str = opt("auto", "auto: continue from the last checkpoint in --out if one exists; never: start over", choices=("auto", "never"))
+    resume: str = opt("auto", "auto: continue from the newest complete checkpoint in --out (refused when the config "
+                              "changed); never: train from the start", choices=("auto", "never"))
+    overwrite: bool = opt(False, "delete --out's checkpoints and model and start over")
     lora_r: int = opt(16, "LoRA rank")
     lora_alpha: int = opt(32, "LoRA alpha")
     lora_dropout: float = opt(0.05, "LoRA dropout")
@@ -147,9 +156,11 @@ class SftConfig:
 @dataclass
 class EvalConfig(EngineMixin, DataSourceMixin):
     model: str | None = opt(None, "model to evaluate: local path or Hub id (vllm) / served model name (openai)")
+    model_revision: str | None = opt(None, "Hub revision (branch, tag or commit) of --model to pin")
     tasks: list[str] = opt(["aime24", "aime25", "math500", "amc23"], "comma-separated task names or data files")
     out: str = opt("", "output directory (samples.jsonl, results.json)", required=True)
     completions: str | None = opt(None, "grade existing completions from this file instead of generating")
+    completion_key: str = opt("completion", "--completions: column holding the model completion")
     format: str | None = opt(None, "--completions: format of a published dataset (default: detect)")
     task: str | None = opt(None, "with --completions: take the gold answers from this task")
     n: int = opt(16, "samples per problem; pass@1 is their mean accuracy")
@@ -159,7 +170,6 @@ class EvalConfig(EngineMixin, DataSourceMixin):
     workers: int | None = opt(None, "grader worker processes (default: all cores)")
     answer_timeout: float = opt(5.0, "hard per-record grading timeout in seconds")
     split: str = opt("test", "custom tasks: split to read from a Hub dataset id")
-    thinking_budget: int | None = opt(None, "cap the thought at B tokens, then force the answer after '</think>' (vllm)")
     min_thinking_tokens: int | None = opt(None, "s1 forcing: a thought ending before N tokens gets 'Wait', goes on (vllm)")
 
 
@@ -184,6 +194,9 @@ class DemoConfig:
     heldout_problems: int = opt(100, "held-out problems for the three evals")
     eval_n: int = opt(4, "samples per held-out problem; pass@1 is their mean accuracy")
     student_steps: int = opt(600, "optimizer steps for the student on the kept traces (8 packs each)")
+    fit_target: float = opt(0.8, "each model trains in further rounds until sampling reproduces its check traces this "
+                                 "often (see distill/demo.py)")
+    max_rounds: int = opt(3, "further training rounds (half the steps each) before the demo stops with an error")
     seed: int = opt(0, "seed for the toy data, the models and sampling")
 
 

@@ -4,6 +4,14 @@ The task: the sum of 4-7 single digits ("What is 3 + 7 + 2 + 8?"). Written step 
 <think>) each step is one small addition; answered at once it is not. A toy teacher is trained from scratch on
 gold traces with `distill sft` (cached, keyed by its recipe), then the real loop runs: `generate` (vLLM) →
 `filter` → `sft` of a fresh student → `eval` of the teacher, the student before and the student after.
+
+Why it reproduces on any machine: a model this small learns the task through a sudden transition whose timing
+depends on the CPU's floating-point kernels and the seed (measured: after the same 800 steps, 18% on one VM and 70%
+on another). So neither model is trained for a fixed number of steps and trusted: after its steps each is checked
+(`fit`, a deterministic forward pass: the probability that sampling at the eval's t=0.6/top-p 0.95 reproduces a
+trace exactly, averaged over 200 traces — the teacher on gold traces of unseen problems, the student on the traces it
+was trained on) and trained further, in rounds, until it reaches `fit_target`. A model still below it after
+`max_rounds` stops the demo with a one-line error instead of printing a weak result.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import random
 import shutil
 import time
@@ -19,14 +28,18 @@ from pathlib import Path
 from typing import Any
 
 from distill.config import DemoConfig, EvalConfig, FilterConfig, GenerateConfig, SftConfig, save_config
-from distill.data.io import atomic_write_json, write_jsonl
-from distill.prompts import user_prompt
+from distill.data.io import atomic_write_json, iter_rows, write_jsonl
+from distill.errors import DistillError
+from distill.prompts import THINK_PREFILL, generation_prompt, user_prompt
 
 log = logging.getLogger(__name__)
 
-TOY_VERSION = 2  # bump when the task, tokenizer or teacher recipe changes: it keys the teacher cache
+TOY_VERSION = 3  # bump when the task, tokenizer or teacher recipe changes: it keys the teacher cache
 MAX_LENGTH = 256  # tokens per training sample; toy samples are ~60-80
 MODEL = dict(hidden_size=128, layers=2, heads=4)
+LR = 3e-3
+FIT_SAMPLES = 200
+SAMPLING = dict(temperature=0.6, top_p=0.95)
 
 
 def toy_terms(rng: random.Random, lo: int = 4, hi: int = 7) -> list[int]:
@@ -59,23 +72,92 @@ def toy_problems(n: int, seed: int, exclude: set[str] = frozenset()) -> list[dic
     return rows
 
 
-def _teacher_recipe(cfg: DemoConfig) -> dict[str, Any]:
-    return {"version": TOY_VERSION, "model": MODEL, "train_problems": cfg.teacher_problems,
-            "steps": cfg.teacher_steps, "lr": 3e-3, "batch": 8, "seed": cfg.seed}
+# ---------------------------------------------------------------- the fit check
 
 
-def build_teacher(cfg: DemoConfig) -> Path:
-    """Train the toy teacher from scratch on gold traces with `distill sft`; reuse it when the recipe matches."""
-    from distill.tiny import build_model, build_tokenizer
+def fit(model_dir: str | Path, pairs: list[tuple[str, str]], temperature: float = SAMPLING["temperature"],
+        top_p: float = SAMPLING["top_p"]) -> float:
+    """Mean probability that sampling (temperature, top-p, as vLLM does) reproduces each completion exactly, given
+    its problem rendered as the engine renders it. One teacher-forced forward pass per pair: deterministic."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    eot = tok.convert_tokens_to_ids("<|im_end|>")
+    total = 0.0
+    for problem, completion in pairs:
+        prompt, prefilled = generation_prompt(tok, problem)
+        body = completion[len(THINK_PREFILL):] if prefilled and completion.startswith(THINK_PREFILL) else completion
+        prompt_ids = tok.encode(prompt, add_special_tokens=False)
+        target = tok.encode(body, add_special_tokens=False) + [eot]
+        with torch.no_grad():
+            logits = model(torch.tensor([prompt_ids + target])).logits[0, len(prompt_ids) - 1:-1]
+        probs = torch.softmax(logits / temperature, -1)
+        sorted_p, order = probs.sort(-1, descending=True)
+        nucleus = sorted_p * ((sorted_p.cumsum(-1) - sorted_p) < top_p)  # the tokens top-p keeps
+        kept = torch.zeros_like(probs).scatter(-1, order, nucleus / nucleus.sum(-1, keepdim=True))
+        picked = kept.gather(-1, torch.tensor(target)[:, None]).clamp_min(1e-30)
+        total += math.exp(float(picked.log().sum()))
+    return total / len(pairs)
+
+
+def train_until_fit(cfg: DemoConfig, who: str, student: Path, data: Path, out: Path, steps: int,
+                    pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    """`steps` optimizer steps with distill sft, then rounds of steps/2 more at a third of the learning rate from the
+    weights so far, until fit >= cfg.fit_target; a one-line error after cfg.max_rounds. Returns the rounds."""
     from distill.train.sft import run as sft
+
+    rounds, start, lr, n = [], student, LR, steps
+    for k in range(cfg.max_rounds + 1):
+        work = out.parent / f"{out.name}.round-{k}"
+        shutil.rmtree(work, ignore_errors=True)
+        sft(SftConfig(student=str(start), data=str(data), out=str(work), epochs=1000.0, max_steps=n,
+                      learning_rate=lr, max_length=MAX_LENGTH, seed=cfg.seed + k, trl=_trl_args()))
+        score = fit(work, pairs)
+        rounds.append({"steps": n, "learning_rate": lr, "fit": round(100 * score, 1)})
+        log.info("demo: %s after %d steps: fit %.1f%% (target %.0f%%)", who, sum(r["steps"] for r in rounds),
+                 100 * score, 100 * cfg.fit_target)
+        if k:
+            shutil.rmtree(start)
+        start = work
+        if score >= cfg.fit_target:
+            shutil.rmtree(out, ignore_errors=True)
+            work.rename(out)
+            return rounds
+        lr, n = LR / 3, max(1, steps // 2)
+    raise DistillError(f"demo: the toy {who} reached fit {100 * score:.1f}% after {sum(r['steps'] for r in rounds)} "
+                       f"steps in {len(rounds)} rounds, below the {100 * cfg.fit_target:.0f}% the demo needs; rerun "
+                       f"with --max-rounds {cfg.max_rounds + 3}, or report your CPU and torch version as an issue")
+
+
+def _trl_args() -> dict[str, Any]:
+    return {"per_device_train_batch_size": 8, "lr_scheduler_type": "cosine", "warmup_steps": 0.05,
+            "weight_decay": 0.0, "logging_steps": 50, "save_strategy": "no"}
+
+
+# ---------------------------------------------------------------- the teacher
+
+
+def _teacher_recipe(cfg: DemoConfig) -> dict[str, Any]:
+    return {"version": TOY_VERSION, "model": MODEL, "train_problems": cfg.teacher_problems, "steps": cfg.teacher_steps,
+            "lr": LR, "batch": 8, "seed": cfg.seed, "fit_target": cfg.fit_target, "max_rounds": cfg.max_rounds}
+
+
+def build_teacher(cfg: DemoConfig) -> tuple[Path, dict[str, Any]]:
+    """Train the toy teacher from scratch on gold traces until it fits (module doc); reuse it when the recipe
+    matches and it still passes the check."""
+    from distill.tiny import build_model, build_tokenizer
 
     recipe = _teacher_recipe(cfg)
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     root = Path(cfg.cache_dir).expanduser() / f"teacher-{key}"
     final = root / "model"
-    if (final / "config.json").exists():
-        log.info("demo: toy teacher from cache %s", final)
-        return final
+    check = [(p["problem"], toy_trace(p["terms"])) for p in toy_problems(FIT_SAMPLES, seed=cfg.seed + 5)]
+    if (final / "config.json").exists() and (root / "recipe.json").is_file():
+        report = json.loads((root / "recipe.json").read_text())["report"]
+        log.info("demo: toy teacher from cache %s (fit %.1f%%)", final, report["rounds"][-1]["fit"])
+        return final, {**report, "cached": True}
     shutil.rmtree(root, ignore_errors=True)
     gold = toy_problems(cfg.teacher_problems, seed=cfg.seed + 1)
     corpus = [user_prompt(p["problem"]) + toy_trace(p["terms"]) for p in gold[:300]]
@@ -84,19 +166,15 @@ def build_teacher(cfg: DemoConfig) -> Path:
     records = [{"id": f"gold/{p['id']}/0", "problem_id": p["id"], "problem": p["problem"], "answer": p["answer"],
                 "completion": toy_trace(p["terms"]), "finish_reason": "stop", "source": "toy-gold"} for p in gold]
     write_jsonl(root / "gold.jsonl", records)
-    log.info("demo: training the toy teacher (%d gold traces, %d steps; cached for next time)",
-             len(records), cfg.teacher_steps)
-    sft(SftConfig(student=str(root / "init"), data=str(root / "gold.jsonl"), out=str(root / "train"),
-                  epochs=1.0, max_steps=cfg.teacher_steps, learning_rate=3e-3, max_length=MAX_LENGTH,
-                  seed=cfg.seed, trl=_trl_args()))
-    (root / "train").rename(final)
-    atomic_write_json(root / "recipe.json", recipe)
-    return final
+    log.info("demo: training the toy teacher (%d gold traces, %d steps; cached for next time)", len(records),
+             cfg.teacher_steps)
+    rounds = train_until_fit(cfg, "teacher", root / "init", root / "gold.jsonl", final, cfg.teacher_steps, check)
+    report = {"rounds": rounds, "fit_on": f"{FIT_SAMPLES} gold traces of unseen problems"}
+    atomic_write_json(root / "recipe.json", {**recipe, "report": report})
+    return final, {**report, "cached": False}
 
 
-def _trl_args() -> dict[str, Any]:
-    return {"per_device_train_batch_size": 8, "lr_scheduler_type": "cosine", "warmup_steps": 0.05,
-            "weight_decay": 0.0, "logging_steps": 25, "save_strategy": "no"}
+# ---------------------------------------------------------------- the loop
 
 
 def run(cfg: DemoConfig) -> dict[str, Any]:
@@ -104,14 +182,16 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     from distill.filters.run import run as filter_
     from distill.generate import run as generate
     from distill.tiny import build_model
-    from distill.train.sft import run as sft
     from transformers import AutoTokenizer
 
+    if not 0 < cfg.fit_target <= 1 or cfg.max_rounds < 0:
+        raise DistillError(f"--fit-target must be in (0, 1] and --max-rounds >= 0, got {cfg.fit_target}, "
+                           f"{cfg.max_rounds}")
     t0 = time.time()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
-    teacher = build_teacher(cfg)
+    teacher, teacher_report = build_teacher(cfg)
     t_teacher = time.time() - t0
 
     train = toy_problems(cfg.train_problems, seed=cfg.seed + 2)
@@ -120,48 +200,55 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     write_jsonl(out / "problems.jsonl", strip(train))
     write_jsonl(out / "heldout.jsonl", strip(heldout))
 
-    sampling = dict(temperature=0.6, top_p=0.95, max_tokens=128, seed=cfg.seed)
+    sampling = dict(**SAMPLING, max_tokens=128, seed=cfg.seed)
     generate(GenerateConfig(teacher=str(teacher), dataset=str(out / "problems.jsonl"), out=str(out / "generate"),
-                            n=cfg.n, id_key="id", source="toy", max_model_len=512, dtype="float32", **sampling))
+                            n=cfg.n, id_key="id", source="toy", max_model_len=512, dtype="float32", overwrite=True,
+                            **sampling))
     fstats = filter_(FilterConfig(input=str(out / "generate"), out=str(out / "filter"),
                                   steps=["finished", "think_format", "answer_correct", "repetition", "dedup"]))
 
     student_init = out / "student-init"
     build_model(student_init, AutoTokenizer.from_pretrained(str(teacher)), seed=cfg.seed + 4, **MODEL)
-    sft(SftConfig(student=str(student_init), data=str(out / "filter"), out=str(out / "student"),
-                  epochs=1000.0, max_steps=cfg.student_steps, learning_rate=3e-3, max_length=MAX_LENGTH, seed=cfg.seed,
-                  trl=_trl_args()))
+    kept = [(row["problem"], row["completion"]) for _, row in iter_rows(out / "filter" / "kept")]
+    student_rounds = train_until_fit(cfg, "student", student_init, out / "filter", out / "student",
+                                     cfg.student_steps, random.Random(cfg.seed).sample(kept, min(FIT_SAMPLES,
+                                                                                               len(kept))))
 
     scores = {}
     for name, model in (("teacher", teacher), ("student_before", student_init), ("student_after", out / "student")):
         res = evaluate(EvalConfig(model=str(model), tasks=[str(out / "heldout.jsonl")], out=str(out / "eval" / name),
-                                  n=cfg.eval_n, max_model_len=512, dtype="float32", **sampling))
+                                  n=cfg.eval_n, max_model_len=512, dtype="float32", overwrite=True, **sampling))
         scores[name] = _pass1(res)
 
-    kept, total = fstats["kept"], fstats["input"]
+    n_kept, total = fstats["kept"], fstats["input"]
     summary = {
         "teacher_pass1": scores["teacher"],
-        "keep_rate": round(100.0 * kept / total, 2) if total else 0.0,
+        "keep_rate": round(100.0 * n_kept / total, 2) if total else 0.0,
         "student_before_pass1": scores["student_before"],
         "student_after_pass1": scores["student_after"],
         "traces_generated": total,
-        "traces_kept": kept,
+        "traces_kept": n_kept,
         "heldout_problems": len(heldout),
         "eval_samples_per_problem": cfg.eval_n,
+        "teacher_training": teacher_report,
+        "student_training": {"rounds": student_rounds, "fit_on": f"{FIT_SAMPLES} of its kept training traces"},
         "teacher_seconds": round(t_teacher, 1),
         "wall_time_s": round(time.time() - t0, 1),
         "config": dataclasses.asdict(cfg),
     }
     atomic_write_json(out / "demo.json", summary)
     atomic_write_json(out / "stats.json", summary)
+    steps = lambda rounds: sum(r["steps"] for r in rounds)  # noqa: E731
     table = [
         "",
         "distill demo — sum of 4-7 digits, held-out problems, pass@1 (%) over "
         f"{cfg.eval_n} samples at t=0.6",
-        f"  teacher                 {summary['teacher_pass1']:6.1f}",
-        f"  keep rate (filter)      {summary['keep_rate']:6.1f}   ({kept} of {total} traces)",
+        f"  teacher                 {summary['teacher_pass1']:6.1f}   (trained {steps(teacher_report['rounds'])} steps,"
+        f" fit {teacher_report['rounds'][-1]['fit']:.1f}%{', cached' if teacher_report['cached'] else ''})",
+        f"  keep rate (filter)      {summary['keep_rate']:6.1f}   ({n_kept} of {total} traces)",
         f"  student before SFT      {summary['student_before_pass1']:6.1f}",
-        f"  student after SFT       {summary['student_after_pass1']:6.1f}",
+        f"  student after SFT       {summary['student_after_pass1']:6.1f}   (trained {steps(student_rounds)} steps, fit "
+        f"{student_rounds[-1]['fit']:.1f}%)",
         f"  wall time               {summary['wall_time_s']:6.1f} s  → {out / 'demo.json'}",
     ]
     log.info("\n".join(table))

@@ -1,8 +1,12 @@
-"""Problems → n samples each → resumable shards: one atomic JSONL file per finished chunk, a manifest, stats."""
+"""Problems → n samples each → resumable shards: one atomic JSONL file per finished chunk, a manifest, stats.
+
+The engine is fed continuously (engine.Engine.generate streams): a chunk file is written the moment its last problem
+completes, so the engine never idles waiting for a chunk's slowest sample, and a crash loses only the chunks whose
+problems were still in flight. A rerun of the same command resumes: chunks on disk are checked and skipped.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -14,11 +18,14 @@ from typing import Any
 
 from tqdm import tqdm
 
-from distill import engine, prompts
+from distill import prompts
 from distill.config import GenerateConfig, save_config
-from distill.data.io import atomic_write_json, read_problems, write_jsonl
+from distill.data.io import atomic_write_json, write_jsonl
+from distill.data.reader import Problem, data_options, read_problems, source_name
 from distill.data.record import Record
+from distill.engine import Engine, Request, Sample, Sampling, make_engine, model_identity, package_versions
 from distill.errors import DistillError
+from distill.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +33,6 @@ MANIFEST = "manifest.json"
 STATS = "stats.json"
 CHUNK_RE = re.compile(r"^chunk-(\d{5,})\.jsonl$")
 SHARD_DIR_RE = re.compile(r"^shard-(\d+)-of-(\d+)$")
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
 
 # ---------------------------------------------------------------- options
@@ -58,38 +64,8 @@ def output_dir(cfg: GenerateConfig) -> Path:
     return Path(cfg.out) if shard is None else Path(cfg.out) / f"shard-{shard[0]}-of-{shard[1]}"
 
 
-def source_name(cfg: GenerateConfig) -> str:
-    """The record-id prefix: --source, else the dataset's file stem / task name / Hub dataset name."""
-    if cfg.source:
-        name = cfg.source
-    else:
-        name = Path(cfg.dataset.rstrip("/")).name
-        for suffix in (".jsonl", ".json", ".parquet", ".csv"):
-            name = name.removesuffix(suffix)
-    if not name or "/" in name:
-        raise DistillError(f"--source {name!r}: must be a non-empty name without '/' (it prefixes record ids)")
-    return name
-
-
-def engine_kwargs(cfg: GenerateConfig) -> dict[str, Any]:
-    """GenerateConfig → vllm.LLM arguments (eval builds a GenerateConfig and reuses this)."""
-    kw: dict[str, Any] = dict(tensor_parallel_size=cfg.tensor_parallel_size,
-                              pipeline_parallel_size=cfg.pipeline_parallel_size,
-                              gpu_memory_utilization=cfg.gpu_memory_utilization, dtype=cfg.dtype, seed=cfg.seed)
-    if cfg.data_parallel_size != 1:
-        kw["data_parallel_size"] = cfg.data_parallel_size
-    if cfg.max_model_len:
-        kw["max_model_len"] = cfg.max_model_len
-    if cfg.enforce_eager:
-        kw["enforce_eager"] = True
-    if cfg.distributed_executor_backend:
-        kw["distributed_executor_backend"] = cfg.distributed_executor_backend
-    if cfg.teacher_revision:
-        kw["revision"] = cfg.teacher_revision
-    return kw
-
-
-def _validate(cfg: GenerateConfig) -> None:
+def validate(cfg: Any) -> None:
+    """Sampling options every generating stage shares (generate, eval): all errors at once."""
     errors = []
     for name in ("n", "max_tokens", "chunk_size", "concurrency"):
         if getattr(cfg, name) < 1:
@@ -104,29 +80,7 @@ def _validate(cfg: GenerateConfig) -> None:
         errors.append("--backend openai needs --base-url, e.g. http://127.0.0.1:8000/v1")
     if errors:
         raise DistillError("; ".join(errors))
-    parse_shard(cfg.shard)
-
-
-def _check_teacher_path(teacher: str) -> None:
-    p = Path(teacher).expanduser()
-    if p.is_dir():
-        if not (p / "config.json").is_file():
-            raise DistillError(f"--teacher {teacher}: no config.json in that folder; pass a saved model folder")
-        return
-    if p.exists() or teacher.startswith((".", "/", "~")) or teacher.count("/") > 1:
-        raise DistillError(f"--teacher {teacher}: no such model folder; pass a local model folder or a Hub id ORG/NAME")
-
-
-# ---------------------------------------------------------------- problems and prompts
-
-
-def load_problems(cfg: GenerateConfig) -> list[dict[str, str]]:
-    """The dataset's problems ({id, problem, answer}); bundled tasks keep their own ids."""
-    from distill.tasks import TASK_NAMES
-
-    id_key = cfg.id_key or ("id" if cfg.dataset in TASK_NAMES else None)
-    return read_problems(cfg.dataset, cfg.problem_key, cfg.answer_key, id_key, cfg.split, cfg.subset, cfg.revision,
-                         cfg.limit)
+    parse_shard(getattr(cfg, "shard", None))
 
 
 def problem_seed(seed: int, problem_id: str) -> int:
@@ -134,25 +88,18 @@ def problem_seed(seed: int, problem_id: str) -> int:
     return (seed * 1_000_003 + stable_hash(problem_id)) % (2**31 - (1 << 20))
 
 
-def render_prompts(tokenizer, problems: list[dict[str, str]], template: str, think_prefill: str
-                   ) -> tuple[list[list[int]], bool]:
-    """Token ids of each problem's generation prompt (rendered by distill.prompts), and whether they are prefilled."""
-    ids, prefilled = [], False
-    for p in problems:
-        text, prefilled = prompts.generation_prompt(tokenizer, p["problem"], template, think_prefill)
-        ids.append(tokenizer.encode(text, add_special_tokens=False))  # the template already holds BOS if any
-    return ids, prefilled
-
-
-def clamp_max_tokens(problems: list[dict[str, str]], prompt_ids: list[list[int]], max_tokens: int,
-                     max_model_len: int) -> tuple[list[int], int]:
+def clamp_max_tokens(problems: list[Problem], prompt_lens: list[int], max_tokens: int,
+                     max_model_len: int | None) -> tuple[list[int], int]:
     """max_tokens per prompt, cut to what the context leaves; one warning for all; a prompt that alone fills the
-    context is an error, never a silently empty sample."""
+    context is an error, never a silently empty sample. An engine that does not say its context (a server) is
+    not clamped."""
+    if max_model_len is None:
+        return [max_tokens] * len(problems), 0
     out, clamped, smallest = [], 0, max_tokens
-    for p, ids in zip(problems, prompt_ids):
-        room = max_model_len - len(ids)
+    for p, n in zip(problems, prompt_lens):
+        room = max_model_len - n
         if room < 1:
-            raise DistillError(f"problem {p['id']}: the prompt is {len(ids)} tokens, the context is {max_model_len} "
+            raise DistillError(f"problem {p.id}: the prompt is {n} tokens, the context is {max_model_len} "
                                f"(max_model_len); shorten the problem or raise --max-model-len")
         if max_tokens > room:
             clamped += 1
@@ -164,39 +111,27 @@ def clamp_max_tokens(problems: list[dict[str, str]], prompt_ids: list[list[int]]
     return out, clamped
 
 
-# ---------------------------------------------------------------- manifest
+# ---------------------------------------------------------------- manifest and resume
 
 
-def _sha256(data: bytes | str) -> str:
-    return hashlib.sha256(data.encode("utf-8") if isinstance(data, str) else data).hexdigest()
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def teacher_fingerprint(cfg: GenerateConfig) -> str | None:
-    """A local folder: sha256 of config.json and the weight files' names and sizes; a Hub id: the pinned revision."""
-    p = Path(cfg.teacher).expanduser()
-    if cfg.backend == "vllm" and p.is_dir():
-        h = hashlib.sha256((p / "config.json").read_bytes() if (p / "config.json").is_file() else b"")
-        for f in sorted(p.iterdir()):
-            if f.suffix in WEIGHT_SUFFIXES:
-                h.update(f"{f.name}:{f.stat().st_size}\n".encode())
-        return "sha256:" + h.hexdigest()
-    return cfg.teacher_revision
-
-
-def dataset_fingerprint(problems: list[dict[str, str]]) -> str:
+def dataset_fingerprint(problems: list[Problem]) -> str:
     h = hashlib.sha256()
     for p in problems:
-        h.update(json.dumps([p["id"], p["problem"], p["answer"]], ensure_ascii=False).encode("utf-8") + b"\n")
+        h.update(json.dumps([p.id, p.problem, p.answer], ensure_ascii=False).encode("utf-8") + b"\n")
     return h.hexdigest()
 
 
-def build_manifest(cfg: GenerateConfig, source: str, problems: list[dict[str, str]], template: str,
-                   chat_template: str | None) -> dict[str, Any]:
+def build_manifest(cfg: GenerateConfig, source: str, problems: list[Problem], template: str,
+                   fingerprint: str | None, chat_template: str | None) -> dict[str, Any]:
     """`resume_key` holds everything that changes outputs: a resume must match it exactly."""
     return {
         "resume_key": {
             "teacher": cfg.teacher,
-            "teacher_revision": teacher_fingerprint(cfg),
+            "teacher_revision": fingerprint,  # content hash of a local folder, else the pinned Hub revision
             "source": source,
             "n": cfg.n, "temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens,
             "seed": cfg.seed,
@@ -207,12 +142,15 @@ def build_manifest(cfg: GenerateConfig, source: str, problems: list[dict[str, st
             "problems": len(problems),
             "shard": cfg.shard,
             "chunk_size": cfg.chunk_size,
+            "dtype": cfg.dtype,
+            "max_model_len": cfg.max_model_len,
+            "deterministic": cfg.deterministic,
+            "thinking_budget": cfg.thinking_budget,
         },
         "dataset": cfg.dataset,
         "backend": cfg.backend,
-        "base_url": cfg.base_url,
-        "max_model_len": cfg.max_model_len,
-        "versions": engine.package_versions(),
+        "base_url": redact_url(cfg.base_url),
+        "versions": package_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -262,8 +200,8 @@ def chunk_path(out_dir: Path, k: int) -> Path:
     return out_dir / f"chunk-{k:05d}.jsonl"
 
 
-def expected_ids(source: str, chunk: list[dict[str, str]], n: int) -> list[str]:
-    return [Record.make_id(source, p["id"], i) for p in chunk for i in range(n)]
+def expected_ids(source: str, chunk: list[Problem], n: int) -> list[str]:
+    return [Record.make_id(source, p.id, i) for p in chunk for i in range(n)]
 
 
 def read_chunk(path: Path, expected: list[str]) -> list[dict[str, Any]]:
@@ -286,88 +224,43 @@ def read_chunk(path: Path, expected: list[str]) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- the run
 
 
-class _Progress:
-    """tqdm over samples with tokens/s; counts finish reasons and tokens for stats.json."""
-
-    def __init__(self, total: int, initial: int, desc: str):
-        self.bar = tqdm(total=total, initial=initial, unit="sample", desc=desc, dynamic_ncols=True, smoothing=0.1)
-        self.start = time.monotonic()
-        self.samples = 0
-        self.tokens = 0
-
-    def update(self, samples: int, tokens: int) -> None:
-        self.samples += samples
-        self.tokens += tokens
-        elapsed = max(time.monotonic() - self.start, 1e-9)
-        self.bar.set_postfix({"tok/s": f"{self.tokens / elapsed:.1f}", "samples/s": f"{self.samples / elapsed:.2f}"},
-                             refresh=False)
-        self.bar.update(samples)
-
-    def close(self) -> None:
-        self.bar.close()
-
-
-def _records(cfg: GenerateConfig, source: str, problem: dict[str, str], samples: list[engine.Sample],
-             prefilled: bool, max_tokens: int) -> list[Record]:
+def sample_records(cfg: Any, model: str, source: str, problem: Problem, samples: list[Sample], prefilled: bool,
+                   max_tokens: int) -> list[Record]:
+    """Engine samples → Records, the completion stored whole ('<think>' included)."""
     out = []
     for i, s in enumerate(samples):
         if s.reasoning is not None:
             completion = prompts.join_reasoning(s.reasoning, s.text, s.finish_reason)
         else:
             completion = prompts.with_think_prefix(s.text, prefilled)
-        out.append(Record(id=Record.make_id(source, problem["id"], i), problem_id=problem["id"],
-                          problem=problem["problem"], answer=problem["answer"], completion=completion,
-                          finish_reason=s.finish_reason, num_tokens=s.num_tokens, sample_index=i, model=cfg.teacher,
-                          source=source, meta={"prompt_tokens": s.prompt_tokens, "max_tokens": max_tokens}))
+        out.append(Record(id=Record.make_id(source, problem.id, i), problem_id=problem.id, problem=problem.problem,
+                          answer=problem.answer, completion=completion, finish_reason=s.finish_reason,
+                          num_tokens=s.num_tokens, sample_index=i, model=model, source=source, max_tokens=max_tokens,
+                          meta={"prompt_tokens": s.prompt_tokens}))
     return out
 
 
-def _write_chunk(path: Path, records: list[Record], stats: dict[str, Any]) -> None:
-    write_jsonl(path, records)  # temp file + fsync + rename: a crash leaves the whole chunk or nothing
-    stats["chunks_written"] += 1
-    stats["samples_written"] += len(records)
-    for r in records:
-        stats["finish_reasons"][r.finish_reason] += 1
-        stats["completion_tokens"] += r.num_tokens
-
-
-def _load_tokenizer(cfg: GenerateConfig):
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(cfg.teacher, revision=cfg.teacher_revision)
-    except (OSError, ValueError) as e:
-        raise DistillError(f"--teacher {cfg.teacher}: cannot load its tokenizer ({' '.join(str(e).split())[:200]})"
-                           ) from None
-
-
-def run(cfg: GenerateConfig, llm: Any = None) -> dict[str, Any]:
+def run(cfg: GenerateConfig, engine: Engine | None = None) -> dict[str, Any]:
     """Generate cfg.n samples per problem into cfg.out; resumes a previous run of the same config.
 
-    `llm`: an already-started vllm.LLM to reuse (tests, eval); otherwise the vllm backend starts its own.
+    `engine`: an already-started engine to reuse (eval, tests); otherwise one is started (and closed) here.
     Returns the stats written to stats.json.
     """
     t0 = time.monotonic()
-    _validate(cfg)
+    validate(cfg)
     shard = parse_shard(cfg.shard)
-    if cfg.backend == "vllm" and llm is None:
-        _check_teacher_path(cfg.teacher)
     template = prompts.load_template(cfg.prompt_template)
-    source = source_name(cfg)
-    all_problems = load_problems(cfg)
-    problems = [p for p in all_problems if in_shard(p["id"], shard)]
+    source = source_name(cfg.dataset, cfg.source)
+    all_problems = read_problems(cfg.dataset, **data_options(cfg), limit=cfg.limit)
+    problems = [p for p in all_problems if in_shard(p.id, shard)]
     chunks = [problems[i:i + cfg.chunk_size] for i in range(0, len(problems), cfg.chunk_size)]
     out_dir = output_dir(cfg)
 
-    tokenizer = None
-    if cfg.backend == "vllm":
-        tokenizer = engine.engine_tokenizer(llm) if llm is not None else _load_tokenizer(cfg)
-    chat_template = getattr(tokenizer, "chat_template", None) if tokenizer is not None else None
-    manifest = build_manifest(cfg, source, problems, template, chat_template if isinstance(chat_template, str) else
-                              json.dumps(chat_template, sort_keys=True) if chat_template else None)
+    # The resume key is checked before an engine starts: a refused resume costs seconds, not an engine start.
+    ident = model_identity(cfg.teacher, cfg, "--teacher")
+    chat_template = engine.chat_template() if engine is not None else ident.chat_template
+    manifest = build_manifest(cfg, source, problems, template, ident.fingerprint, chat_template)
     prepare_out_dir(cfg, out_dir, manifest)
-    atomic_write_json(out_dir / MANIFEST, manifest)
-    save_config(cfg, out_dir)
 
     stats: dict[str, Any] = {
         "teacher": cfg.teacher, "backend": cfg.backend, "shard": cfg.shard, "problems_in_dataset": len(all_problems),
@@ -396,14 +289,20 @@ def run(cfg: GenerateConfig, llm: Any = None) -> dict[str, Any]:
     resumed_tokens = stats["completion_tokens"]
     t_gen = time.monotonic()
     if pending:
-        progress = _Progress(stats["samples"], stats["samples_resumed"], f"generate {source}")
+        own = engine is None
+        engine = engine or make_engine(cfg.teacher, cfg, "--teacher")
         try:
-            if cfg.backend == "vllm":
-                _run_vllm(cfg, llm, tokenizer, template, source, chunks, pending, out_dir, stats, progress)
-            else:
-                _run_openai(cfg, template, source, chunks, pending, out_dir, stats, progress)
+            # Pinned only once work starts: a run that fails before writing anything leaves no manifest behind.
+            atomic_write_json(out_dir / MANIFEST, manifest)
+            save_config(cfg, out_dir)
+            _generate(cfg, engine, template, source, chunks, pending, out_dir, stats)
         finally:
-            progress.close()
+            stats["retries"] = getattr(engine, "retries", 0)
+            if own:
+                engine.close()
+    else:
+        atomic_write_json(out_dir / MANIFEST, manifest)
+        save_config(cfg, out_dir)
     gen_s = time.monotonic() - t_gen
     new_tokens = stats["completion_tokens"] - resumed_tokens
     stats.update(
@@ -424,71 +323,40 @@ def run(cfg: GenerateConfig, llm: Any = None) -> dict[str, Any]:
     return stats
 
 
-def _run_vllm(cfg, llm, tokenizer, template, source, chunks, pending, out_dir, stats, progress) -> None:
+def _generate(cfg: GenerateConfig, engine: Engine, template: str, source: str, chunks: list[list[Problem]],
+              pending: list[int], out_dir: Path, stats: dict[str, Any]) -> None:
+    """Every pending chunk's requests go to the engine in one stream; each chunk is written when it is complete."""
     todo = [p for k in pending for p in chunks[k]]
-    prompt_ids, prefilled = render_prompts(tokenizer, todo, template, cfg.think_prefill)
-    if llm is None:
-        try:
-            llm = engine.make_llm(cfg.teacher, **engine_kwargs(cfg))
-        except (OSError, ValueError) as e:
-            raise DistillError(f"--teacher {cfg.teacher}: vLLM could not load it ({type(e).__name__}: "
-                               f"{' '.join(str(e).split())[:300]})") from None
-    max_tokens, stats["clamped_prompts"] = clamp_max_tokens(todo, prompt_ids, cfg.max_tokens,
-                                                            engine.engine_max_model_len(llm))
-    ids_of = {p["id"]: (ids, m) for p, ids, m in zip(todo, prompt_ids, max_tokens)}
-    for k in pending:
-        chunk = chunks[k]
-        ids = [ids_of[p["id"]][0] for p in chunk]
-        limits = [ids_of[p["id"]][1] for p in chunk]
-        outs = engine.vllm_generate(llm, ids, cfg.n, cfg.temperature, cfg.top_p, limits,
-                                    [problem_seed(cfg.seed, p["id"]) for p in chunk])
-        records = [r for p, samples, m in zip(chunk, outs, limits) for r in _records(cfg, source, p, samples,
-                                                                                     prefilled, m)]
-        _write_chunk(chunk_path(out_dir, k), records, stats)
-        progress.update(len(records), sum(r.num_tokens for r in records))
-
-
-def _run_openai(cfg, template, source, chunks, pending, out_dir, stats, progress) -> None:
-    asyncio.run(_openai_main(cfg, template, source, chunks, pending, out_dir, stats, progress))
-
-
-async def _openai_main(cfg, template, source, chunks, pending, out_dir, stats, progress) -> None:
-    teacher = engine.OpenAITeacher(cfg.base_url, cfg.teacher, cfg.api_key_env, cfg.request_timeout, cfg.max_retries)
+    rendered = [engine.render(p.problem, template, cfg.think_prefill) for p in todo]
+    lens = [len(r.ids) if r.ids is not None else 0 for r in rendered]
+    limits, stats["clamped_prompts"] = clamp_max_tokens(todo, lens, cfg.max_tokens, engine.max_model_len)
+    plan = {p.id: (r, m) for p, r, m in zip(todo, rendered, limits)}
+    requests = (Request(key=(k, j), prompt=plan[p.id][0], n=cfg.n, max_tokens=plan[p.id][1],
+                        seed=problem_seed(cfg.seed, p.id))
+                for k in pending for j, p in enumerate(chunks[k]))
+    parts: dict[int, dict[int, list[Record]]] = {}
+    bar = tqdm(total=stats["samples"], initial=stats["samples_resumed"], unit="sample", desc=f"generate {source}",
+               dynamic_ncols=True, smoothing=0.1)
+    start, tokens = time.monotonic(), 0
     try:
-        await teacher.check()
-        requests = asyncio.Semaphore(cfg.concurrency)
-        # Enough chunks in flight to keep `concurrency` requests busy across chunk boundaries, no more (memory).
-        chunk_slots = asyncio.Semaphore(max(2, -(-cfg.concurrency // (cfg.chunk_size * cfg.n)) + 1))
-        prefilled = cfg.think_prefill != "off"  # a server's R1 template opens the thought itself
-
-        async def sample(p: dict[str, str], i: int) -> engine.Sample:
-            async with requests:
-                s = await teacher.complete(prompts.chat_messages(p["problem"], template), cfg.temperature, cfg.top_p,
-                                           cfg.max_tokens, problem_seed(cfg.seed, p["id"]) + i)
-            progress.update(1, s.num_tokens)
-            return s
-
-        async def do_chunk(k: int) -> None:
-            try:
-                chunk = chunks[k]
-                results = await asyncio.gather(*(sample(p, i) for p in chunk for i in range(cfg.n)))
-                records = []
-                for j, p in enumerate(chunk):
-                    records += _records(cfg, source, p, results[j * cfg.n:(j + 1) * cfg.n], prefilled, cfg.max_tokens)
-                _write_chunk(chunk_path(out_dir, k), records, stats)
-            finally:
-                chunk_slots.release()
-
-        try:
-            async with asyncio.TaskGroup() as tg:  # the first failure cancels the rest; finished chunks stay written
-                for k in pending:
-                    await chunk_slots.acquire()
-                    tg.create_task(do_chunk(k))
-        except BaseExceptionGroup as group:
-            first = group.exceptions[0]
-            while isinstance(first, BaseExceptionGroup):
-                first = first.exceptions[0]
-            raise first from None
+        for req, samples in engine.generate(requests, Sampling(cfg.temperature, cfg.top_p, cfg.thinking_budget)):
+            k, j = req.key
+            problem = chunks[k][j]
+            prompt, limit = plan[problem.id]
+            got = parts.setdefault(k, {})
+            got[j] = sample_records(cfg, cfg.teacher, source, problem, samples, prompt.prefilled, limit)
+            if len(got) == len(chunks[k]):
+                records = [r for i in range(len(chunks[k])) for r in got[i]]
+                write_jsonl(chunk_path(out_dir, k), records)  # temp file + fsync + rename: whole or nothing
+                del parts[k]
+                stats["chunks_written"] += 1
+                stats["samples_written"] += len(records)
+                for r in records:
+                    stats["finish_reasons"][r.finish_reason] += 1
+                    stats["completion_tokens"] += r.num_tokens
+            tokens += sum(s.num_tokens for s in samples)
+            elapsed = max(time.monotonic() - start, 1e-9)
+            bar.set_postfix({"tok/s": f"{tokens / elapsed:.1f}"}, refresh=False)
+            bar.update(len(samples))
     finally:
-        stats["retries"] = teacher.retries
-        await teacher.close()
+        bar.close()

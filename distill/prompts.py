@@ -1,7 +1,10 @@
-"""The R1 prompt, defined once: the user turn, the boxed instruction, the <think> prefill, the SFT messages."""
+"""The R1 prompt and answer layout, defined once: the user turn, the boxed instruction, the <think> markers and
+prefill, the completion layout '<think>\n…\n</think>\n\n<answer>', where the answer part starts, the last box,
+and the SFT messages."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from distill.errors import DistillError
@@ -11,6 +14,8 @@ DEFAULT_TEMPLATE = "{problem}\n" + R1_INSTRUCTION.replace("{", "{{").replace("}"
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 THINK_PREFILL = THINK_OPEN + "\n"
+FORCE_ANSWER = "\n" + THINK_CLOSE + "\n\n"  # what a capped thought is closed with, so the model answers now
+WAIT = "Wait"  # s1 budget forcing: replaces an early </think> so the thought goes on
 
 
 def load_template(path: str | Path | None) -> str:
@@ -63,6 +68,73 @@ def generation_prompt(tokenizer, problem: str, template: str = DEFAULT_TEMPLATE,
     return text, False
 
 
+def r1_completion(reasoning: str, answer: str) -> str:
+    """The one completion layout every source is stored and trained in: '<think>\n{reasoning}\n</think>\n\n{answer}'."""
+    return f"{THINK_PREFILL}{reasoning.strip(chr(10))}\n{THINK_CLOSE}\n\n{answer.lstrip()}"
+
+
+def normalize_completion(text: str) -> str:
+    """Any '<think>…</think>answer' text in the R1 layout; a completion without </think> is returned as is."""
+    if THINK_CLOSE not in text:
+        return text
+    head, answer = text.split(THINK_CLOSE, 1)
+    reasoning = head.split(THINK_OPEN, 1)[1] if THINK_OPEN in head else head  # '<think>\n' prefill not stored
+    return r1_completion(reasoning, answer)
+
+
+def answer_part(completion: str) -> str:
+    """The text after the last `</think>`; the whole completion when it has no think block.
+
+    A completion that opens `<think>` and never closes it was cut off mid-thought: its answer part is empty, so a
+    box it wrote while thinking is never graded as the answer.
+    """
+    end = completion.rfind(THINK_CLOSE)
+    if end >= 0:
+        return completion[end + len(THINK_CLOSE):]
+    if THINK_OPEN in completion:
+        return ""
+    return completion
+
+
+_BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+
+
+def last_boxed(text: str) -> str | None:
+    """The content of the last `\\boxed{…}` / `\\fbox{…}` of the answer part (balanced braces; `\\boxed 5` too);
+    None when there is none or the last one never closes."""
+    part = answer_part(text)
+    last = None
+    for last in _BOX.finditer(part):
+        pass
+    return box_content(part, last.end()) if last is not None else None
+
+
+def box_content(text: str, start: int) -> str | None:
+    """The braced (or single-token) argument of a box starting at `start`; None if empty or unclosed."""
+    i = start
+    while i < len(text) and text[i] in " \t":
+        i += 1
+    if i == len(text):
+        return None
+    if text[i] != "{":  # "\boxed 5": one token
+        token = re.match(r"[^\s$]+", text[i:])
+        return token.group(0) if token else None
+    depth, j = 0, i
+    while j < len(text):
+        c = text[j]
+        if c == "\\":  # \{ and \} are literal braces, not grouping
+            j += 2
+            continue
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i + 1:j].strip() or None
+        j += 1
+    return None
+
+
 def join_reasoning(reasoning: str | None, content: str | None, finish_reason: str) -> str:
     """A server that splits the thought out (reasoning / reasoning_content) gets it stored back as one completion:
     '<think>\\n…\\n</think>\\n\\n<answer>'. A thought cut off by the length limit stays unclosed, so filters see it."""
@@ -71,7 +143,7 @@ def join_reasoning(reasoning: str | None, content: str | None, finish_reason: st
         return content
     if not content and finish_reason == "length":
         return THINK_PREFILL + reasoning
-    return f"{THINK_PREFILL}{reasoning.strip(chr(10))}\n{THINK_CLOSE}\n\n{content.lstrip()}"
+    return r1_completion(reasoning, content)
 
 
 def sft_messages(problem: str, completion: str, template: str = DEFAULT_TEMPLATE) -> list[dict[str, str]]:

@@ -79,9 +79,10 @@ def tiny_llama_dir(tmp_path_factory, tiny_tokenizer) -> Path:
 
 @pytest.fixture(scope="session")
 def vllm_engine(tiny_qwen_dir):
-    """One real vLLM engine (CPU build on CPU machines) on the tiny Qwen2, shared by the whole session."""
-    from distill.engine import make_llm
+    """One real vLLM engine (CPU build on CPU machines) on the tiny Qwen2 behind distill's engine interface,
+    shared by the whole session."""
+    from distill.engine.vllm_engine import VLLMEngine
 
-    llm = make_llm(str(tiny_qwen_dir), max_model_len=2048, dtype="float32", seed=0)
-    yield llm
-    del llm
+    engine = VLLMEngine(str(tiny_qwen_dir), max_model_len=2048, dtype="float32", seed=0)
+    yield engine
+    engine.close()

@@ -7,15 +7,22 @@ from pathlib import Path
 
 import pytest
 
-from distill.data.adapters import FORMATS, detect_format, iter_format_records, source_name
+from distill.data.adapters import FORMATS, detect_format
 from distill.data.io import iter_rows
+from distill.data.reader import read_samples, source_name
+from distill.data.record import content_id
 from distill.errors import DistillError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "datasets"
 
 
 def _load(name: str, **kwargs):
-    return list(iter_format_records(FIXTURES / f"{name}.jsonl", **kwargs))
+    return list(read_samples(FIXTURES / f"{name}.jsonl", answer_key=None, **kwargs))
+
+
+def _ids(name: str, problems: list[str]) -> list[str]:
+    """The reader's id rule for rows without an id column: the problem text's content id."""
+    return [f"{name}/{content_id(p)}/0" for p in problems]
 
 
 @pytest.mark.parametrize("name", ["openr1", "s1k", "limo", "sharegpt", "numina", "messages", "records"])
@@ -28,11 +35,15 @@ def test_filter_output_with_messages_column_is_records_not_messages():
     assert detect_format({"id", "problem_id", "problem", "answer", "completion", "messages"}) == "records"
 
 
+def _load_path(path, **kwargs):
+    return list(read_samples(path, answer_key=None, **kwargs))
+
+
 def test_unknown_schema_is_one_line_error_listing_columns_and_formats(tmp_path):
     path = tmp_path / "weird.jsonl"
     path.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b"}) + "\n")
     with pytest.raises(DistillError) as e:
-        list(iter_format_records(path))
+        _load_path(path)
     msg = str(e.value)
     assert "\n" not in msg
     assert "chosen, prompt, rejected" in msg
@@ -63,7 +74,7 @@ def test_openr1_from_parquet_keeps_list_shapes(tmp_path):
 
     rows = [row for _, row in iter_rows(FIXTURES / "openr1.jsonl")]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "train-00000-of-00001.parquet")
-    recs = list(iter_format_records(tmp_path, name="OpenR1-Math-220k"))
+    recs = list(read_samples(tmp_path, name="OpenR1-Math-220k"))
     assert len(recs) == 3
     assert recs[0].id.startswith("OpenR1-Math-220k/5b3c1f2e")
     assert [r.finish_reason for r in recs] == ["stop", "length", ""]
@@ -71,13 +82,13 @@ def test_openr1_from_parquet_keeps_list_shapes(tmp_path):
 
 def test_s1k_builds_think_completion_and_takes_boxed_gold_from_solution():
     recs = _load("s1k")
-    assert [r.id for r in recs] == ["s1k/0/0", "s1k/1/0"]
+    assert [r.id for r in recs] == _ids("s1k", [r.problem for r in recs])
     r = recs[0]
     assert r.completion.startswith("<think>\nOkay, so I need x^2+y^2.")
     assert "\n</think>\n\nUsing $(x+y)^2" in r.completion
-    assert r.answer == "58" and r.meta["answer_from"] == "solution_boxed"
-    # AIME rows of s1K have the bare answer as the solution: kept as text, and meta says so
-    assert recs[1].answer == "128" and recs[1].meta["answer_from"] == "solution_text"
+    assert r.answer == "58" and r.answer_from == "solution_boxed"
+    # AIME rows of s1K have the bare answer as the solution: kept as text, and answer_from says so
+    assert recs[1].answer == "128" and recs[1].answer_from == "solution_text"
     assert r.meta["has_think"] is True and r.model == "deepseek-ai/DeepSeek-R1"
 
 
@@ -91,14 +102,14 @@ def test_limo_keeps_solution_verbatim_without_inventing_think():
 
 def test_sharegpt_markers_become_think_and_answers_come_from_the_box():
     recs = _load("sharegpt")
-    assert [r.id for r in recs] == ["sharegpt/0/0", "sharegpt/1/0", "sharegpt/2/0"]
+    assert [r.id for r in recs] == _ids("sharegpt", [r.problem for r in recs])
     a, code, cut = recs
     assert a.problem == "Find the remainder when $2^{10}$ is divided by $7$."  # boxed-instruction prefix removed
     assert a.completion == ("<think>\nOkay, 2^3 = 8 is 1 mod 7, so 2^10 is 2 mod 7.\n</think>\n\n"
                             "Since $2^3 \\equiv 1 \\pmod 7$, $2^{10} \\equiv 2$. The remainder is $\\boxed{2}$.")
     assert "<|" not in a.completion
-    assert a.answer == "2" and a.meta["gold_answer"] is False and a.meta["answer_from"] == "completion_boxed"
-    assert code.answer == "" and code.meta["answer_from"] == "none"
+    assert a.answer == "2" and a.answer_from == "completion_boxed"
+    assert code.answer == "" and code.answer_from == "none"
     assert code.completion.endswith("```") and code.completion.startswith("<think>\n")
     assert cut.completion.startswith("<think>\n") and "</think>" not in cut.completion  # never closed: stays unclosed
     assert cut.answer == ""
@@ -108,15 +119,15 @@ def test_numina_solution_is_completion_without_think_and_gold_is_last_box():
     recs = _load("numina")
     assert recs[0].completion.startswith("We use") and recs[0].meta["has_think"] is False
     assert recs[0].answer == "58" and recs[0].meta["origin"] == "synthetic_math"
-    assert recs[1].answer == "" and recs[1].meta["answer_from"] == "none"  # a proof: no box, no gold
+    assert recs[1].answer == "" and recs[1].answer_from == "none"  # a proof: no box, no gold
 
 
 def test_messages_takes_the_last_user_turn_and_its_reply():
     recs = _load("messages")
     assert recs[0].problem.startswith("Find the remainder") and recs[0].answer == "2"
-    assert recs[0].meta["gold_answer"] is False
+    assert recs[0].answer_from == "completion_boxed"
     assert recs[1].problem.startswith("Let $x+y=10$") and recs[1].completion.endswith("$\\boxed{58}$")
-    assert recs[1].answer == "58" and recs[1].meta["gold_answer"] is True
+    assert recs[1].answer == "58" and recs[1].answer_from == ""  # the dataset's own gold column
 
 
 def test_records_round_trip():
@@ -127,7 +138,7 @@ def test_records_round_trip():
 
 def test_format_override_reads_openr1_as_messages():
     recs = _load("openr1", format="messages")
-    assert [r.id for r in recs] == ["openr1/0/0", "openr1/1/0"]
+    assert [r.id for r in recs] == _ids("openr1", [r.problem for r in recs])
     assert recs[0].meta["format"] == "messages"
 
 
@@ -148,9 +159,9 @@ def test_malformed_row_error_has_file_line_and_skip_invalid_counts(tmp_path):
     bad["generations"] = "not a list"
     path.write_text("\n".join([lines[0], json.dumps(bad), "{not json"]) + "\n")
     with pytest.raises(DistillError, match=r"openr1\.jsonl:2: column 'generations' must be a list"):
-        list(iter_format_records(path))
+        _load_path(path)
     stats: dict[str, int] = {}
-    recs = list(iter_format_records(path, skip_invalid=True, stats=stats))
+    recs = _load_path(path, skip_invalid=True, stats=stats)
     assert len(recs) == 2 and stats["invalid"] == 2  # the bad row and the bad JSON line
 
 
@@ -166,4 +177,12 @@ def test_filter_output_dir_reads_only_kept(tmp_path):
     recs = _load("records")
     write_parquet(tmp_path / "kept" / "part-00000.parquet", recs[:1])
     write_parquet(tmp_path / "rejected" / "part-00000.parquet", [{**recs[1].to_dict(), "reason": "length_over_max"}])
-    assert [r.id for r in iter_format_records(tmp_path)] == ["aime24/60/0"]
+    assert [r.id for r in read_samples(tmp_path)] == ["aime24/60/0"]
+
+
+def test_two_rows_of_one_problem_become_its_samples_0_and_1(tmp_path):
+    row = json.loads((FIXTURES / "limo.jsonl").read_text().splitlines()[0])
+    path = tmp_path / "twice.jsonl"
+    path.write_text(json.dumps(row) + "\n" + json.dumps({**row, "solution": row["solution"] + " Again."}) + "\n")
+    recs = _load_path(path)
+    assert [r.sample_index for r in recs] == [0, 1] and len({r.problem_id for r in recs}) == 1

@@ -67,7 +67,6 @@ def test_every_recipe_parses_with_the_command_on_its_first_line(recipe, monkeypa
     assert first.startswith("# distill "), f"{recipe.name}: first line must be the command that runs it"
     argv = shlex.split(first)[2:]
     captured = []
-    monkeypatch.setattr("distill.cli.NOT_BUILT", {})
     monkeypatch.setattr("distill.cli._runner", lambda s: captured.append)
     monkeypatch.chdir(REPO)
     assert main(argv) == 0
@@ -99,7 +98,6 @@ def test_version():
 def test_user_error_is_one_line_and_traceback_behind_env(tmp_path, capsys, monkeypatch):
     missing = tmp_path / "nope.yaml"
     stage = "eval"
-    monkeypatch.setattr("distill.cli.NOT_BUILT", {})
     monkeypatch.setattr("distill.cli._runner", lambda s: (lambda cfg: None))
     rc = main([stage, "--config", str(missing), "--out", "o"])
     err = capsys.readouterr().err
@@ -112,7 +110,6 @@ def test_user_error_is_one_line_and_traceback_behind_env(tmp_path, capsys, monke
 
 def test_flags_override_recipe_in_the_cli(tmp_path, monkeypatch):
     seen = {}
-    monkeypatch.setattr("distill.cli.NOT_BUILT", {})
     monkeypatch.setattr("distill.cli._runner", lambda s: seen.setdefault)
     recipe = tmp_path / "r.yaml"
     recipe.write_text("out: from-recipe\nn: 4\ntasks: [aime24]\n")

@@ -31,10 +31,42 @@ def test_tiny_models_load_with_from_pretrained(fixture, request):
 def test_tiny_vllm_generation_on_cpu(vllm_engine):
     from vllm import SamplingParams
 
-    outs = vllm_engine.generate(["What is 1+1?", "Find x."], SamplingParams(n=2, max_tokens=16, temperature=1.0, seed=0))
+    outs = vllm_engine.llm.generate(["What is 1+1?", "Find x."],
+                                    SamplingParams(n=2, max_tokens=16, temperature=1.0, seed=0))
     assert len(outs) == 2
     for out in outs:
         assert len(out.outputs) == 2
         for sample in out.outputs:
             assert 0 < len(sample.token_ids) <= 16
             assert sample.finish_reason in ("stop", "length")
+
+
+@pytest.mark.slow
+def test_engine_streams_each_request_when_it_finishes(vllm_engine):
+    """The engine seam feeds vLLM continuously (LLM.enqueue + LLMEngine.step, public API: this test fails loudly if
+    an upgrade changes them) and yields a request the step it finishes: short ones before long ones."""
+    from distill.engine import Request, Sampling
+    from distill.prompts import DEFAULT_TEMPLATE
+
+    prompt = vllm_engine.render("What is 1+1?", DEFAULT_TEMPLATE, "auto")
+    assert prompt.prefilled and prompt.ids[-1] == vllm_engine.tokenizer.convert_tokens_to_ids("\n")
+    requests = [Request(key=k, prompt=prompt, n=2, max_tokens=m) for k, m in (("long", 48), ("short", 2))]
+    got = list(vllm_engine.generate(requests, Sampling(temperature=1.0, top_p=1.0)))
+    assert [req.key for req, _ in got][-1] == "long" or all(len(s) == 2 for _, s in got)
+    assert {req.key for req, _ in got} == {"long", "short"}
+    for req, samples in got:
+        assert len(samples) == 2 and all(0 < s.num_tokens <= req.max_tokens for s in samples)
+        assert all(s.prompt_tokens == len(prompt.ids) for s in samples)
+
+
+@pytest.mark.slow
+def test_engine_left_empty_when_the_consumer_stops_early(vllm_engine):
+    from distill.engine import Request, Sampling
+    from distill.prompts import DEFAULT_TEMPLATE
+
+    prompt = vllm_engine.render("Find x.", DEFAULT_TEMPLATE, "auto")
+    stream = vllm_engine.generate([Request(key=i, prompt=prompt, n=1, max_tokens=4 + 30 * (i % 2)) for i in range(6)],
+                                  Sampling(temperature=1.0, top_p=1.0))
+    next(stream)
+    stream.close()  # e.g. the chunk writer failed
+    assert not vllm_engine.llm.llm_engine.has_unfinished_requests()

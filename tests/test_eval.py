@@ -38,7 +38,7 @@ def test_tiny_model_end_to_end_and_resume(vllm_engine, tiny_qwen_dir, tmp_path, 
     out = tmp_path / "eval"
     cfg = eval_cfg(model=str(tiny_qwen_dir), tasks="aime24", limit=3, n=2, max_tokens=16, out=str(out))
     with caplog.at_level(logging.INFO, logger="distill.eval.run"):
-        results = run(cfg, llm=vllm_engine)
+        results = run(cfg, engine=vllm_engine)
     samples = read_jsonl(out / "samples.jsonl")
     assert len(samples) == 6
     assert {s["task"] for s in samples} == {"aime24"}
@@ -70,7 +70,7 @@ def test_tiny_model_end_to_end_and_resume(vllm_engine, tiny_qwen_dir, tmp_path, 
     assert "aime24" in table and "pass@1" in table
 
     # Resumed: generate reads the finished shards back, nothing is regenerated, the scores are the same.
-    again = run(cfg, llm=vllm_engine)
+    again = run(cfg, engine=vllm_engine)
     assert again["results"]["aime24"]["pass@1"] == r["pass@1"]
     manifests = again["provenance"]["generate_manifests"], prov["generate_manifests"]
     assert manifests[0]["aime24"]["resume_key"] == manifests[1]["aime24"]["resume_key"]
@@ -112,11 +112,11 @@ def test_completions_errors_are_one_line(tmp_path):
     bad = write_jsonl(tmp_path / "c.jsonl", [{"problem_id": "nope", "completion": "\\boxed{1}"}])
     with pytest.raises(DistillError, match="problem_id 'nope' is not in task aime24"):
         run(eval_cfg(completions=str(bad), task="aime24", out=str(tmp_path / "o")))
-    with pytest.raises(DistillError, match="no gold 'answer'"):
+    with pytest.raises(DistillError, match="no column 'answer'.*--answer-key"):
         run(eval_cfg(completions=str(bad), out=str(tmp_path / "o")))
     row = {"problem_id": "1", "answer": "1", "completion": "x", "sample_index": 0}
     twice = write_jsonl(tmp_path / "d.jsonl", [row, row])
-    with pytest.raises(DistillError, match="sample 0 appears twice"):
+    with pytest.raises(DistillError, match="sample id 'd/1/0' appears twice"):
         run(eval_cfg(completions=str(twice), out=str(tmp_path / "o")))
     with pytest.raises(DistillError, match="nothing to evaluate"):
         run(eval_cfg(out=str(tmp_path / "o")))
@@ -124,12 +124,27 @@ def test_completions_errors_are_one_line(tmp_path):
         run(eval_cfg(model="m", tasks="aime42", out=str(tmp_path / "o")))
 
 
+def test_completions_honour_answer_and_problem_keys(tmp_path):
+    """--answer-key/--problem-key/--completion-key name the columns; an `answer` column beside them is not the gold."""
+    rows = [{"question": "1+1?", "gold": "2", "answer": "999", "response": "\\boxed{2}"},
+            {"question": "2+2?", "gold": "4", "answer": "4", "response": "\\boxed{5}"}]
+    data = write_jsonl(tmp_path / "c.jsonl", rows)
+    results = run(eval_cfg(completions=str(data), out=str(tmp_path / "o"), problem_key="question", answer_key="gold",
+                           completion_key="response"))
+    samples = read_jsonl(tmp_path / "o" / "samples.jsonl")
+    assert [(s["problem"], s["answer"], s["correct"]) for s in samples] == [("1+1?", "2", True), ("2+2?", "4", False)]
+    assert results["results"]["c"]["pass@1"] == 50.0
+    empty = write_jsonl(tmp_path / "e.jsonl", [{"problem": "q", "answer": " ", "completion": "\\boxed{1}"}])
+    with pytest.raises(DistillError, match="e.jsonl:1: empty gold answer in column 'answer'"):
+        run(eval_cfg(completions=str(empty), out=str(tmp_path / "o2")))
+
+
 def test_custom_task_file_is_resolved_with_its_hash(tmp_path):
     from distill.eval.run import resolve_task
 
     data = write_jsonl(tmp_path / "mine.jsonl", [{"q": "1+1?", "a": "2"}])
     task = resolve_task(str(data), eval_cfg(out="o", problem_key="q", answer_key="a"))
-    assert task["name"] == "mine" and task["answer_type"] == "auto" and len(task["data_sha256"]) == 64
+    assert task.name == "mine" and task.answer_type == "auto" and len(task.provenance["data_sha256"]) == 64
 
 
 # ---------------------------------------------------------------- compare
@@ -258,7 +273,7 @@ def test_custom_task_counts_clamped_prompts(vllm_engine, tiny_tokenizer, tmp_pat
     data = write_jsonl(tmp_path / "long.jsonl", [{"q": "1+1?", "a": "2"}, {"q": "7 " * words + "sum?", "a": "7"}])
     out = tmp_path / "eval"
     cfg = eval_cfg(model="tiny", tasks=str(data), problem_key="q", answer_key="a", n=1, max_tokens=16, out=str(out))
-    r = run(cfg, llm=vllm_engine)["results"]["long"]
+    r = run(cfg, engine=vllm_engine)["results"]["long"]
     assert r["clamped_prompts"] == 1 and r["problems"] == 2
     samples = read_jsonl(out / "samples.jsonl")
     assert samples[1]["num_tokens"] < 16 and samples[1]["meta"]["max_tokens"] < 16
@@ -268,7 +283,8 @@ def test_custom_task_counts_clamped_prompts(vllm_engine, tiny_tokenizer, tmp_pat
 @pytest.mark.slow
 def test_thinking_budget_forces_the_answer_and_wait_extends_short_thoughts(vllm_engine, tmp_path):
     from distill.data.record import Record
-    from distill.eval.run import FORCE_ANSWER, WAIT, budget_force
+    from distill.eval.budget import force as budget_force
+    from distill.prompts import FORCE_ANSWER, WAIT
 
     cfg = eval_cfg(model="tiny", tasks="aime24", out=str(tmp_path), max_tokens=24, thinking_budget=8,
                    min_thinking_tokens=6)
@@ -289,13 +305,13 @@ def test_thinking_budget_forces_the_answer_and_wait_extends_short_thoughts(vllm_
     assert out[1].meta["budget"]["waits"] == 1
     assert out[2] == records[2].__class__(**{**records[2].to_dict(), "meta": {"budget": {"forced": False, "waits": 0}}})
     # Saved and reused: a second call returns the same records without the engine.
-    again, _ = budget_force(cfg, "t", records, llm=None)
+    again, _ = budget_force(cfg, "t", records, None)
     assert [r.completion for r in again] == [r.completion for r in out]
 
     # End to end: generate stops every thought at 8 tokens, the answer gets the other 16.
     run_out = tmp_path / "run"
     r = run(eval_cfg(model="tiny", tasks="aime24", limit=2, n=1, max_tokens=24, thinking_budget=8,
-                     out=str(run_out)), llm=vllm_engine)["results"]["aime24"]
+                     out=str(run_out)), engine=vllm_engine)["results"]["aime24"]
     gen = read_jsonl(next((run_out / "generations" / "aime24").glob("*.jsonl")))
     assert all(g["num_tokens"] <= 8 for g in gen)
     assert r["budget"]["forced_answers"] == sum(g["finish_reason"] == "length" and "</think>" not in g["completion"]
@@ -304,4 +320,4 @@ def test_thinking_budget_forces_the_answer_and_wait_extends_short_thoughts(vllm_
     assert all(s["num_tokens"] <= 24 for s in samples)
     with pytest.raises(DistillError, match="--thinking-budget must be"):
         run(eval_cfg(model="tiny", tasks="aime24", max_tokens=8, thinking_budget=8, out=str(tmp_path / "x")),
-            llm=vllm_engine)
+            engine=vllm_engine)

@@ -10,11 +10,11 @@ import pytest
 import yaml
 
 from distill.cli import main
-from distill.config import FilterConfig, build_config, load_config
+from distill.config import FILTER_STEPS, FilterConfig, build_config, load_config
 from distill.errors import DistillError
-from distill.tasks import load_task
-from distill.filters.run import STEPS, funnel_table, run
+from distill.filters.run import funnel_table, run
 from distill.prompts import sft_messages
+from distill.tasks import load_task
 
 P1 = "What is $2+3$? Give the sum of two and three as one integer."
 P2 = "Compute $7 \\times 6$ and write the product of seven and six."
@@ -118,7 +118,7 @@ def test_stats_funnel_is_consistent(full_run):
     out, stats = full_run
     on_disk = json.loads((out / "stats.json").read_text())
     assert on_disk["input"] == len(RECORDS) and on_disk["kept"] == len(KEPT) and on_disk["invalid"] == 0
-    assert [s["name"] for s in on_disk["steps"]] == list(STEPS)
+    assert [s["name"] for s in on_disk["steps"]] == list(FILTER_STEPS)
     prev_out = on_disk["input"]
     for step in on_disk["steps"]:
         assert step["in"] == prev_out
@@ -162,7 +162,7 @@ def test_missing_completion_column_lists_columns(tmp_path):
     src = tmp_path / "rows.jsonl"
     src.write_text(json.dumps({"problem": "p", "answer": "1", "response": "x"}) + "\n")
     cfg = build_config(FilterConfig, {"input": str(src), "out": str(tmp_path / "o"), "steps": "finished"})
-    with pytest.raises(DistillError, match=r"rows\.jsonl:1: no column 'completion' \(columns: problem, answer, "
+    with pytest.raises(DistillError, match=r"rows\.jsonl:1: no column 'completion' \(columns: answer, problem, "
                                            r"response\); pass --completion-key"):
         run(cfg)
 
@@ -219,7 +219,6 @@ def test_parquet_output_is_valid_input(full_run, tmp_path):
 
 
 def test_published_format_goes_through_the_adapters(tmp_path):
-    pytest.importorskip("distill.data.adapters")
     src = tmp_path / "openr1.jsonl"
     row = {"problem": P2, "answer": "42", "uuid": "u1", "finish_reasons": ["stop", "length"],
            "generations": ["<think>\nSeven sixes.\n</think>\n\\boxed{42}", "<think>\nSeven times six is"]}

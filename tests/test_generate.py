@@ -16,6 +16,7 @@ import pytest
 from distill import prompts
 from distill.config import GenerateConfig
 from distill.data.io import read_records
+from distill.data.reader import Problem
 from distill.errors import DistillError
 from distill.generate import (clamp_max_tokens, in_shard, parse_shard, run)
 
@@ -74,13 +75,14 @@ def test_generation_prompt_prefill_modes(tiny_tokenizer):
 
 
 def test_clamp_counts_and_refuses_a_prompt_that_fills_the_context(caplog):
-    problems = [{"id": str(i)} for i in range(3)]
+    problems = [Problem(str(i), "p", "a") for i in range(3)]
     with caplog.at_level(logging.WARNING, logger="distill.generate"):
-        limits, clamped = clamp_max_tokens(problems, [[0] * 10, [0] * 90, [0] * 95], 20, 100)
+        limits, clamped = clamp_max_tokens(problems, [10, 90, 95], 20, 100)
     assert limits == [20, 10, 5] and clamped == 2
     assert len(caplog.records) == 1 and "2 of 3 prompts" in caplog.text and "down to 5" in caplog.text
     with pytest.raises(DistillError, match="problem 1: the prompt is 100 tokens"):
-        clamp_max_tokens(problems[:2], [[0] * 10, [0] * 100], 20, 100)
+        clamp_max_tokens(problems[:2], [10, 100], 20, 100)
+    assert clamp_max_tokens(problems, [10, 90, 95], 20, None) == ([20, 20, 20], 0)  # a server: no context known
 
 
 # ---------------------------------------------------------------- bad input: one-line errors, nothing written
@@ -116,7 +118,7 @@ def test_bad_input_is_one_line_error(case, tmp_path, tiny_qwen_dir):
 def test_n_samples_per_problem_with_ids_and_fields(tmp_path, tiny_qwen_dir, vllm_engine):
     data = write_problems(tmp_path / "probs.jsonl", 5)
     out = tmp_path / "out"
-    stats = run(make_cfg(tiny_qwen_dir, data, out), llm=vllm_engine)
+    stats = run(make_cfg(tiny_qwen_dir, data, out), engine=vllm_engine)
     records = list(read_records(out))
     assert len(records) == 10 and len({r.id for r in records}) == 10
     assert {r.id for r in records} == {f"probs/p{i}/{j}" for i in range(5) for j in range(2)}
@@ -144,23 +146,23 @@ def test_resume_refuse_and_overwrite(tmp_path, tiny_qwen_dir, vllm_engine):
     data = write_problems(tmp_path / "probs.jsonl", 5)
     out = tmp_path / "out"
     cfg = make_cfg(tiny_qwen_dir, data, out)
-    run(cfg, llm=vllm_engine)
+    run(cfg, engine=vllm_engine)
     before = {r.id: r.completion for r in read_records(out)}
     (out / "chunk-00001.jsonl").unlink()  # as if the run had died while chunk 1 was in flight
 
-    stats = run(cfg, llm=vllm_engine)
+    stats = run(cfg, engine=vllm_engine)
     assert stats["samples_written"] == 4 and stats["samples_resumed"] == 6 and stats["chunks_resumed"] == 2
     assert sorted(ids_in(out)) == sorted(before)  # none lost, none duplicated
 
-    stats = run(cfg, llm=vllm_engine)
+    stats = run(cfg, engine=vllm_engine)
     assert stats["samples_written"] == 0 and stats["samples_resumed"] == 10
 
     changed = make_cfg(tiny_qwen_dir, data, out, n=3, temperature=0.7)
     with pytest.raises(DistillError, match=r"cannot resume.*n 2 → 3; .*temperature 1.0 → 0.7.*--overwrite") as e:
-        run(changed, llm=vllm_engine)
+        run(changed, engine=vllm_engine)
     assert "\n" not in str(e.value)
 
-    stats = run(make_cfg(tiny_qwen_dir, data, out, n=3, temperature=0.7, overwrite=True), llm=vllm_engine)
+    stats = run(make_cfg(tiny_qwen_dir, data, out, n=3, temperature=0.7, overwrite=True), engine=vllm_engine)
     assert stats["samples_written"] == 15 and stats["samples_resumed"] == 0
     assert len(set(ids_in(out))) == len(ids_in(out)) == 15
 
@@ -171,16 +173,16 @@ def test_shards_cover_the_dataset_exactly_once(tmp_path, tiny_qwen_dir, vllm_eng
     out = tmp_path / "out"
     parts = []
     for i in range(3):
-        run(make_cfg(tiny_qwen_dir, data, out, n=1, max_tokens=2, shard=f"{i}/3"), llm=vllm_engine)
+        run(make_cfg(tiny_qwen_dir, data, out, n=1, max_tokens=2, shard=f"{i}/3"), engine=vllm_engine)
         parts.append(set(ids_in(out / f"shard-{i}-of-3")))
     assert set().union(*parts) == {f"probs/p{i}/0" for i in range(9)}
     assert sum(map(len, parts)) == 9  # pairwise disjoint
     assert all((out / f"shard-{i}-of-3" / "manifest.json").is_file() for i in range(3))
     assert len(ids_in(out)) == 9  # the merged folder reads as one dataset
     with pytest.raises(DistillError, match="holds --shard outputs"):
-        run(make_cfg(tiny_qwen_dir, data, out, n=1, max_tokens=2), llm=vllm_engine)
+        run(make_cfg(tiny_qwen_dir, data, out, n=1, max_tokens=2), engine=vllm_engine)
     with pytest.raises(DistillError, match="same N"):
-        run(make_cfg(tiny_qwen_dir, data, out, n=1, max_tokens=2, shard="0/2"), llm=vllm_engine)
+        run(make_cfg(tiny_qwen_dir, data, out, n=1, max_tokens=2, shard="0/2"), engine=vllm_engine)
 
 
 @pytest.mark.slow
@@ -191,7 +193,7 @@ def test_max_tokens_past_the_context_is_clamped_with_one_warning(tmp_path, tiny_
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = make_cfg(tiny_qwen_dir, data, tmp_path / "out", id_key=None, n=1, max_tokens=24)
     with caplog.at_level(logging.WARNING, logger="distill.generate"):
-        stats = run(cfg, llm=vllm_engine)
+        stats = run(cfg, engine=vllm_engine)
     warnings = [r for r in caplog.records if "clamped" in r.getMessage()]
     assert len(warnings) == 1 and "1 of 2 prompts" in warnings[0].getMessage()
     assert stats["clamped_prompts"] == 1
@@ -202,14 +204,14 @@ def test_max_tokens_past_the_context_is_clamped_with_one_warning(tmp_path, tiny_
     too_long = tmp_path / "too_long.jsonl"
     too_long.write_text(json.dumps({"problem": "7 " * 2100, "answer": "7"}) + "\n")
     with pytest.raises(DistillError, match="the prompt is .* tokens, the context is 2048"):
-        run(make_cfg(tiny_qwen_dir, too_long, tmp_path / "out2", id_key=None, n=1), llm=vllm_engine)
+        run(make_cfg(tiny_qwen_dir, too_long, tmp_path / "out2", id_key=None, n=1), engine=vllm_engine)
 
 
 @pytest.mark.slow
 def test_bundled_task_name_carries_ids_and_answers(tmp_path, tiny_qwen_dir, vllm_engine):
     cfg = GenerateConfig(teacher=str(tiny_qwen_dir), dataset="aime24", out=str(tmp_path / "out"), n=1, limit=2,
                          max_tokens=2)
-    run(cfg, llm=vllm_engine)
+    run(cfg, engine=vllm_engine)
     records = sorted(read_records(tmp_path / "out"), key=lambda r: r.id)
     assert [(r.id, r.answer) for r in records] == [("aime24/60/0", "204"), ("aime24/61/0", "113")]
 

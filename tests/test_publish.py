@@ -58,7 +58,8 @@ def filter_out(tmp_path) -> Path:
                    _record("6", 0, 70, "decontaminated")])
     (d / "stats.json").write_text(json.dumps(STATS))
     (d / "config.yaml").write_text(yaml.safe_dump({"input": str(gen), "out": str(d), "steps": ["finished"],
-                                                   "decontam_ngram": 8, "decontam_tasks": ["aime24", "math500"]}))
+                                                   "decontam_ngram": 8, "decontam_min_overlap": 0.2,
+                                                   "decontam_tasks": ["aime24", "math500"]}))
     return d
 
 
@@ -90,7 +91,8 @@ def test_dry_run_writes_card_data_and_histogram(filter_out):
     assert "| answer_wrong | 1 |" in body  # rejected/ counted by reason
     # decontamination report
     assert "## Decontamination" in body and "| aime24 | 1 |" in body and "| math500 | 0 |" in body
-    assert "word 8-gram with a problem of aime24, math500" in body
+    # the rule the filter actually ran with (decontam_min_overlap 0.2), not the classic any-8-gram rule
+    assert "contains at least 20% of the word 8-grams of one problem of" in body and "aime24, math500" in body
     # histogram exists, is a PNG, and the card shows it
     png = hub / "assets" / "token_lengths.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -114,15 +116,25 @@ def test_published_parquet_loads_with_datasets(filter_out):
     assert ds[0]["messages"][-1]["role"] == "assistant" and ds[0]["messages"][-1]["content"].startswith("<think>\n")
     assert set(ds.column_names) >= {"id", "problem", "answer", "completion", "messages"}
     # and distill's own reader takes the published set back as records (the `records` format)
-    from distill.data.adapters import iter_format_records
-    assert [r.id for r in iter_format_records(filter_out / "hub" / "data")] == ["toy/1/0", "toy/2/0", "toy/3/1"]
+    from distill.data.reader import read_samples
+    assert [r.id for r in read_samples(filter_out / "hub" / "data")] == ["toy/1/0", "toy/2/0", "toy/3/1"]
 
 
-def test_missing_stats_and_manifest_still_publishes_and_says_so(tmp_path):
+def _filter_stats(d: Path, kept: int, decontaminate: bool = False) -> None:
+    steps = [{"name": "finished", "in": kept, "out": kept, "reasons": {}}]
+    if decontaminate:
+        steps.append({"name": "decontaminate", "in": kept, "out": kept, "reasons": {}})
+    (d / "stats.json").write_text(json.dumps({"input": kept, "kept": kept, "steps": steps, "decontamination": {}}))
+
+
+def test_missing_manifest_still_publishes_and_says_so(tmp_path):
     d = tmp_path / "f"
     row = _record("1", 0, 0)
     del row["messages"]  # built from problem + completion when the filter did not write it
     write_parquet(d / "kept" / "a.parquet", [row])
+    with pytest.raises(DistillError, match=r"f/stats\.json: not found; pass the output folder of `distill filter`"):
+        run(PublishConfig(dir=str(d), repo="o/n", dry_run=True))
+    _filter_stats(d, 1)
     run(PublishConfig(dir=str(d), repo="o/n", dry_run=True))
     _, body = _card(d)
     assert "No decontamination report" in body
@@ -205,12 +217,25 @@ def test_cli_publish_dry_run(filter_out):
     assert (filter_out / "hub" / "README.md").is_file()
 
 
+def test_rows_that_disagree_with_the_stats_are_refused(filter_out):
+    """A filter killed mid-write (or two runs mixed in one folder) must not be published under the old counts."""
+    (filter_out / "stats.json").write_text(json.dumps({**STATS, "kept": 15007}))
+    with pytest.raises(DistillError, match=r"kept/ holds 3 rows but its stats.json counts 15007.*re-run `distill "
+                                           r"filter`"):
+        run(PublishConfig(dir=str(filter_out), repo="o/n", dry_run=True))
+    assert not (filter_out / "hub").exists()
+    (filter_out / "stats.json").write_text(json.dumps({"kept": 3, "funnel": {}}))
+    with pytest.raises(DistillError, match="not the stats.json of `distill filter`"):
+        run(PublishConfig(dir=str(filter_out), repo="o/n", dry_run=True))
+
+
 def test_card_warns_when_gold_answers_are_missing(tmp_path):
-    from distill.data.adapters import iter_format_records
+    from distill.data.reader import read_samples
 
     fixtures = Path(__file__).parent / "fixtures" / "datasets"
     d = tmp_path / "f"
-    write_parquet(d / "kept" / "a.parquet", iter_format_records(fixtures / "sharegpt.jsonl"))
+    write_parquet(d / "kept" / "a.parquet", read_samples(fixtures / "sharegpt.jsonl", answer_key=None))
+    _filter_stats(d, 3)
     run(PublishConfig(dir=str(d), repo="o/n", dry_run=True))
     _, body = _card(d)
     assert "**3 samples have no gold answer in their source dataset**" in body
@@ -222,6 +247,7 @@ def test_shards_share_one_schema_when_a_column_is_null_in_one_shard(tmp_path):
     d = tmp_path / "f"
     rows = [{**_record(str(i), 0, 10), "extracted": None if i < 3 else str(2 * i)} for i in range(1, 5)]
     write_parquet(d / "kept" / "a.parquet", rows)
+    _filter_stats(d, 4)
     run(PublishConfig(dir=str(d), repo="o/n", dry_run=True, shard_rows=2))
     ds = datasets.load_dataset("parquet", data_files=str(d / "hub" / "data" / "*.parquet"), split="train")
     assert ds["extracted"] == [None, None, "6", "8"]

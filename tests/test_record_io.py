@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from distill.data.io import (atomic_open, iter_rows, read_problems, read_records, write_jsonl, write_parquet,
-                             write_records)
-from distill.data.record import Record
+from distill.data.io import atomic_open, iter_rows, read_records, write_jsonl, write_parquet, write_records
+from distill.data.reader import Problem, read_problems
+from distill.data.record import Record, content_id
 from distill.errors import DistillError
 
 
@@ -80,8 +80,18 @@ def test_column_mapping_and_ids(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text('{"q": "one", "a": 27.0, "k": "x1"}\n{"q": "two", "a": "b", "k": "x2"}\n')
     assert read_problems(path, problem_key="q", answer_key="a", id_key="k") == [
-        {"id": "x1", "problem": "one", "answer": "27"}, {"id": "x2", "problem": "two", "answer": "b"}]
-    assert [p["id"] for p in read_problems(path, problem_key="q", answer_key="a")] == ["0", "1"]
+        Problem("x1", "one", "27"), Problem("x2", "two", "b")]
+    # Without an id column: the problem text's content id, the same wherever the problem is read.
+    assert [p.id for p in read_problems(path, problem_key="q", answer_key="a")] == [content_id("one"),
+                                                                                     content_id("two")]
+    assert content_id("one") == content_id("one") != content_id("one ")
+
+
+def test_repeated_problem_without_ids_is_read_once_with_a_warning(tmp_path, caplog):
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"problem": "a", "answer": "1"}\n{"problem": "b", "answer": "2"}\n{"problem": "a", "answer": "1"}\n')
+    assert [p.problem for p in read_problems(path)] == ["a", "b"]
+    assert "p.jsonl:3: the same problem as" in caplog.text and "1 repeated problems" in caplog.text
 
 
 def test_duplicate_ids_and_empty_problems_are_errors(tmp_path):
@@ -101,23 +111,28 @@ def test_duplicate_ids_and_empty_problems_are_errors(tmp_path):
 
 def test_csv_and_parquet_and_json_array(tmp_path):
     (tmp_path / "p.csv").write_text("problem,answer\n\"What, exactly?\",5\n")
-    assert read_problems(tmp_path / "p.csv") == [{"id": "0", "problem": "What, exactly?", "answer": "5"}]
+    assert read_problems(tmp_path / "p.csv") == [Problem(content_id("What, exactly?"), "What, exactly?", "5")]
     write_parquet(tmp_path / "p.parquet", [{"problem": "a", "answer": "1"}, {"problem": "b", "answer": "2"}])
-    assert [p["answer"] for p in read_problems(tmp_path / "p.parquet")] == ["1", "2"]
+    assert [p.answer for p in read_problems(tmp_path / "p.parquet")] == ["1", "2"]
     (tmp_path / "p.json").write_text('[{"problem": "a", "answer": 3}]')
-    assert read_problems(tmp_path / "p.json")[0]["answer"] == "3"
+    assert read_problems(tmp_path / "p.json")[0].answer == "3"
+
+
+def test_csv_with_a_byte_order_mark(tmp_path):
+    (tmp_path / "bom.csv").write_bytes("\ufeffproblem,answer\nWhat?,5\n".encode("utf-8"))
+    assert read_problems(tmp_path / "bom.csv")[0].problem == "What?"
 
 
 def test_limit_and_bundled_task_name():
     rows = read_problems("aime24", limit=3)
-    assert len(rows) == 3 and rows[0]["answer"] == "204"
+    assert len(rows) == 3 and rows[0].answer == "204" and rows[0].id == "60"  # a task keeps its own ids
 
 
 def test_folder_of_shards_reads_every_file_in_order(tmp_path):
     write_jsonl(tmp_path / "shard-00001.jsonl", [{"problem": "b", "answer": "2"}])
     write_jsonl(tmp_path / "shard-00000.jsonl", [{"problem": "a", "answer": "1"}])
     (tmp_path / "manifest.json").write_text("{}")
-    assert [p["problem"] for p in read_problems(tmp_path)] == ["a", "b"]
+    assert [p.problem for p in read_problems(tmp_path)] == ["a", "b"]
 
 
 def test_hub_loader_reads_a_local_dataset_folder(tmp_path):
@@ -128,7 +143,7 @@ def test_hub_loader_reads_a_local_dataset_folder(tmp_path):
     folder.mkdir()
     ds.to_parquet(str(folder / "train.parquet"))
     rows = read_problems(str(folder), problem_key="question", answer_key="gold")
-    assert [r["answer"] for r in rows] == ["1", "2"]
+    assert [r.answer for r in rows] == ["1", "2"]
     arrow_dir = tmp_path / "arrow_only"
     arrow_dir.mkdir()
     import pyarrow as pa
@@ -136,7 +151,7 @@ def test_hub_loader_reads_a_local_dataset_folder(tmp_path):
     with pa.OSFile(str(arrow_dir / "data.arrow"), "wb") as sink, pa.ipc.new_stream(sink, ds.data.schema) as w:
         w.write_table(ds.data.table)
     rows = read_problems(str(arrow_dir), problem_key="question", answer_key="gold")
-    assert [r["problem"] for r in rows] == ["p1", "p2"]
+    assert [r.problem for r in rows] == ["p1", "p2"]
 
 
 def test_unreachable_hub_id_is_one_line_error():

@@ -18,7 +18,8 @@ import yaml
 from distill.config import SftConfig, build_config, load_config
 from distill.data.io import write_parquet
 from distill.errors import DistillError
-from distill.train.data import format_completion, load_examples
+from distill.prompts import normalize_completion, sft_messages
+from distill.train.data import load_examples
 from distill.train.sft import packing_plan, prepare, run, validate_trl
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,10 +62,10 @@ def student_with(tmp_path: Path, model_dir: Path, tokenizer) -> Path:
 # ---------------------------------------------------------------- data
 
 
-def test_format_completion_normalises_think_layout():
-    assert format_completion("<think>a\n\n</think>b") == "<think>\na\n</think>\n\nb"
-    assert format_completion("prefilled thought</think>\n\nx") == "<think>\nprefilled thought\n</think>\n\nx"
-    assert format_completion("no reasoning") == "no reasoning"
+def test_normalize_completion_gives_the_r1_layout():
+    assert normalize_completion("<think>a\n\n</think>b") == "<think>\na\n</think>\n\nb"
+    assert normalize_completion("prefilled thought</think>\n\nx") == "<think>\nprefilled thought\n</think>\n\nx"
+    assert normalize_completion("no reasoning") == "no reasoning"
 
 
 def test_data_forms_filter_output_records_messages_sharegpt(tmp_path):
@@ -75,19 +76,25 @@ def test_data_forms_filter_output_records_messages_sharegpt(tmp_path):
     write_parquet(tmp_path / "f" / "kept" / "part-0.parquet", kept)
     write_parquet(tmp_path / "f" / "rejected" / "part-0.parquet", [{**kept[0], "messages": "not json"}])
     ex = load_examples(str(tmp_path / "f"))
-    assert len(ex) == 3 and ex[0]["prompt"] == [{"role": "user", "content": rows[0]["problem"]}]
+    assert len(ex) == 3 and ex[0]["prompt"] == sft_messages(rows[0]["problem"], "")[:1]
+    assert [e["id"] for e in ex] == [r["id"] for r in rows]  # the ids filter and eval give these rows
     assert ex[0]["completion"][0]["content"].startswith("<think>\nLet me think.")
     # records: the user turn is prompts.sft_messages' (problem + boxed instruction)
     ex = load_examples(str(write_jsonl(tmp_path / "r.jsonl", rows)))
     assert ex[0]["prompt"][0]["content"].endswith("within \\boxed{}.")
     share = [{"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "<think>t</think>a"}]}]
     ex = load_examples(str(write_jsonl(tmp_path / "s.jsonl", share)))
-    assert ex == [{"prompt": [{"role": "user", "content": "q"}],
+    assert ex == [{"id": "0", "prompt": [{"role": "user", "content": "q"}],
                    "completion": [{"role": "assistant", "content": "<think>\nt\n</think>\n\na"}]}]
     with pytest.raises(DistillError, match="last turn must be the assistant"):
         load_examples(str(write_jsonl(tmp_path / "u.jsonl", [{"messages": [{"role": "user", "content": "q"}]}])))
-    with pytest.raises(DistillError, match="no 'messages', 'conversations'"):
+    with pytest.raises(DistillError, match="no column 'problem'.*--problem-key.*--format"):
         load_examples(str(write_jsonl(tmp_path / "x.jsonl", [{"text": "q"}])))
+    # problem + completion is enough: no id, problem_id or answer needed
+    ex = load_examples(str(write_jsonl(tmp_path / "pc.jsonl", [{"problem": "q", "completion": "<think>t</think>a"}])))
+    assert ex[0]["completion"][0]["content"] == "<think>\nt\n</think>\n\na"
+    with pytest.raises(DistillError, match="pc0.jsonl:1: the completion is empty"):
+        load_examples(str(write_jsonl(tmp_path / "pc0.jsonl", [{"problem": "q", "completion": None}])))
 
 
 # ---------------------------------------------------------------- config, packing choice
@@ -217,7 +224,7 @@ VLLM_CHECK = """
 import sys
 if __name__ == "__main__":
     import distill
-    from distill.engine import make_llm
+    from distill.engine.vllm_engine import make_llm
     from vllm import SamplingParams
     llm = make_llm(sys.argv[1], max_model_len=512, dtype="float32", seed=0)
     msgs = [[{"role": "user", "content": "What is 2 + 3?"}]]

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from distill.errors import DistillError
 from distill import tasks
-from distill.tasks import TASK_NAMES, load_task, task_spec
+from distill.errors import DistillError
+from distill.tasks import MATH_TASKS, TASKS, get_task, load_task
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "external"
 
@@ -17,14 +17,15 @@ EXPECTED_ROWS = {
 }
 
 
-def test_task_names_cover_expected():
-    assert set(TASK_NAMES) == set(EXPECTED_ROWS)
+def test_tasks_are_discovered_from_their_yaml_files():
+    assert set(MATH_TASKS) == set(EXPECTED_ROWS)
+    assert {p.stem for p in Path(get_task("aime24").path).parent.glob("*.yaml")} == set(TASKS)
 
 
-@pytest.mark.parametrize("name", TASK_NAMES)
+@pytest.mark.parametrize("name", MATH_TASKS)
 def test_task_loads_with_expected_rows(name):
     rows = load_task(name)
-    assert len(rows) == EXPECTED_ROWS[name] == task_spec(name)["rows"]
+    assert len(rows) == EXPECTED_ROWS[name] == get_task(name).rows
     assert len({r["id"] for r in rows}) == len(rows)
     for r in rows:
         assert set(r) == {"id", "problem", "answer"}
@@ -32,12 +33,12 @@ def test_task_loads_with_expected_rows(name):
         assert r["problem"].strip() and r["answer"].strip()
 
 
-@pytest.mark.parametrize("name", TASK_NAMES)
+@pytest.mark.parametrize("name", MATH_TASKS)
 def test_spec_has_provenance(name):
-    spec = task_spec(name)
-    assert Path(spec["path"]).is_absolute() and Path(spec["path"]).name == f"{name}.jsonl"
-    assert spec["answer_type"] in {"integer", "number", "expression"}
-    assert len(spec["source"]["commit"]) == 40 and len(spec["source"]["sha256"]) == 64
+    task = get_task(name)
+    assert Path(task.path).is_absolute() and Path(task.path).name == f"{name}.jsonl"
+    assert task.answer_type in {"integer", "number", "expression"} and task.verifier == "math"
+    assert len(task.source["commit"]) == 40 and len(task.source["sha256"]) == 64 and len(task.yaml_sha256) == 64
 
 
 # (task, id, answer), each checked by hand against the source file.
@@ -78,31 +79,33 @@ def test_no_dollar_delimiters_left_in_olympiadbench():
 
 
 def test_unknown_task_lists_names():
-    with pytest.raises(DistillError) as err:
-        task_spec("aime2024")
+    with pytest.raises(DistillError, match="did you mean 'aime24'") as err:
+        get_task("aime2024")
     message = str(err.value)
     assert "\n" not in message
-    assert all(name in message for name in TASK_NAMES)
+    assert all(name in message for name in TASKS)
 
 
-def test_tampered_data_is_refused(tmp_path, monkeypatch):
-    real = task_spec("amc23")
-    copy = tmp_path / "amc23.jsonl"
-    shutil.copyfile(real["path"], copy)
+def _copy_task(name: str, folder: Path) -> Path:
+    real = Path(get_task(name).path)
+    for suffix in (".jsonl", ".yaml"):
+        shutil.copyfile(real.with_suffix(suffix), folder / f"{name}{suffix}")
+    return folder / f"{name}.jsonl"
+
+
+def test_tampered_data_is_refused(tmp_path):
+    copy = _copy_task("amc23", tmp_path)
     copy.write_bytes(copy.read_bytes().replace(b'"answer": "27"', b'"answer": "28"', 1))
-    monkeypatch.setattr(tasks, "task_spec", lambda name: {**real, "path": str(copy)})
     fix = r"re-run `python -m distill\.tasks\.build`"
     with pytest.raises(DistillError, match=rf"amc23\.jsonl.*sha256.*{fix}"):
-        load_task("amc23")
+        tasks.discover(tmp_path)["amc23"].load()
 
 
-def test_untampered_copy_loads(tmp_path, monkeypatch):
+def test_untampered_copy_loads_and_a_new_task_is_two_files(tmp_path):
     # The tamper test must fail because of the edit, not because the file moved.
-    real = task_spec("amc23")
-    copy = tmp_path / "amc23.jsonl"
-    shutil.copyfile(real["path"], copy)
-    monkeypatch.setattr(tasks, "task_spec", lambda name: {**real, "path": str(copy)})
-    assert len(load_task("amc23")) == 40
+    _copy_task("amc23", tmp_path)
+    found = tasks.discover(tmp_path)
+    assert list(found) == ["amc23"] and len(found["amc23"].load()) == 40
 
 
 def test_build_reproduces_bundled_files(tmp_path):
@@ -111,8 +114,8 @@ def test_build_reproduces_bundled_files(tmp_path):
     from distill.tasks import build
 
     build.main(["--shared", str(SHARED), "--out", str(tmp_path)])
-    bundled = Path(task_spec("aime24")["path"]).parent
-    for name in TASK_NAMES:
+    bundled = Path(get_task("aime24").path).parent
+    for name in MATH_TASKS:
         for suffix in (".jsonl", ".yaml"):
             fresh = tmp_path / f"{name}{suffix}"
             assert fresh.read_bytes() == (bundled / fresh.name).read_bytes(), fresh.name

@@ -10,9 +10,9 @@ import shutil
 import pytest
 
 from distill.errors import DistillError
+from distill.templates import (CHATML, DEEPSEEK_R1, PROBE, choose_template, end_of_turn_token, inference_template,
+                               injected_system, lost_reasoning, render)
 from distill.train.sft import fix_pad
-from distill.train.templates import (CHATML, DEEPSEEK_R1, PROBE, choose_template, end_of_turn_token, lost_reasoning,
-                                     render)
 
 R1_TOKENS = ["<｜begin▁of▁sentence｜>", "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>"]
 
@@ -67,12 +67,20 @@ def test_own_stripping_template_is_kept_only_when_asked_and_flagged(tiny_tokeniz
     assert choice.name == "own" and "WARNING: deletes <think>" in choice.note
 
 
-def test_qwen25_instruct_template_keeps_reasoning(tiny_tokenizer, shared_dir):
+def test_qwen25_instruct_template_keeps_reasoning_but_injects_a_system_prompt(tiny_tokenizer, shared_dir):
     tok = copy.deepcopy(tiny_tokenizer)
     tok.chat_template = real_template(shared_dir, "qwen2.5-instruct")["chat_template"]
+    assert lost_reasoning(tok) == []
+    assert injected_system(tok).startswith("You are Qwen, created by Alibaba Cloud")
+    # trained and prompted the same way: ChatML without the default system prompt (R1 protocol), token for token
+    # what Qwen's template renders once a conversation's system turn is taken out
     choice = choose_template(tok, "auto")
-    assert choice.name == "own"
+    assert choice.name == "chatml" and "injects a default system prompt" in choice.note
+    assert inference_template(tok).template == choice.template
+    assert render(tok, PROBE[:1], choice.template, add_generation_prompt=True) == (
+        "<|im_start|>user\ndistill probe question one<|im_end|>\n<|im_start|>assistant\n")
     assert end_of_turn_token(tok, choice.template) == "<|im_end|>"
+    assert choose_template(tok, "own").name == "own"  # kept when asked
 
 
 def test_qwen3_template_strips_past_turns_only_switches_to_chatml(shared_dir, tmp_path):

@@ -24,28 +24,27 @@ Formats (name: the datasets it covers → how a row becomes Records):
 - `messages` any chat set with `messages[{role, content}]` → problem = the last user turn followed by an
              assistant turn, completion = that assistant turn; gold = `answer` column, else the boxed answer.
 
-Ids are `<source>/<problem_id>/<sample_index>` with source = the file/folder stem or the Hub id's last part,
-problem_id = the dataset's id column (`uuid`) or the row's position in the dataset. Provenance (format,
-dataset, split, subset, revision, row) goes to meta.
+Ids follow the reader's rules (data/reader.py): problem_id = the dataset's id column (`uuid`, `id`) or the problem
+text's content id; source = the file/folder stem or the Hub id's last part. Where the gold does not come from a gold
+column, `answer_from` says where it was taken from (`solution_boxed`, `solution_text`, `completion_boxed`, `none`).
+Provenance (format, dataset, split, subset, revision, row) goes to meta.
 """
 
 from __future__ import annotations
 
 import difflib
-import itertools
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from distill.data.io import iter_rows
-from distill.data.record import Record, text_value
+from distill.data.record import Record, content_id, text_value
 from distill.errors import DistillError
-from distill.filters.answer import extract_answer
+from distill.prompts import THINK_CLOSE, THINK_OPEN, last_boxed, r1_completion
 
 log = logging.getLogger(__name__)
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 R1_TEACHER = "deepseek-ai/DeepSeek-R1"
 # The Bespoke-Stratos / OpenThoughts user turn starts with this instruction; ours is added by prompts.py.
 SHAREGPT_PREFIX = "Return your final response within \\boxed{}. "
@@ -87,20 +86,27 @@ def _at(values: list, i: int) -> Any:
 
 def _boxed(text: str) -> str:
     """The last \\boxed{} of a text (R1 rule: after </think> when there is one), "" when there is none."""
-    return (extract_answer(text) or "") if "\\boxed" in text or "\\fbox" in text else ""
+    return last_boxed(text) or ""
 
 
 def _think(thought: str, answer: str) -> str:
-    return f"{THINK_OPEN}\n{thought.strip()}\n{THINK_CLOSE}\n\n{answer.strip()}"
+    return r1_completion(thought, answer.strip())
+
+
+def _pid(row: dict[str, Any], column: str, problem: str) -> str:
+    """The dataset's own id column when it has one, else the problem's content id (the reader's id rule)."""
+    return text_value(row.get(column)) or content_id(problem)
 
 
 def _record(source: str, problem_id: str, sample_index: int, problem: str, answer: str, completion: str,
-            meta: dict[str, Any], where: str, finish_reason: str = "", model: str = "") -> Record:
+            meta: dict[str, Any], where: str, finish_reason: str = "", model: str = "",
+            answer_from: str = "") -> Record:
     if not problem.strip():
         raise DistillError(f"{where}: the problem text is empty; every sample needs a problem")
     return Record(id=Record.make_id(source, problem_id, sample_index), problem_id=problem_id, problem=problem,
                   answer=answer, completion=completion, finish_reason=finish_reason, sample_index=sample_index,
-                  model=model, source=source, meta={**meta, "has_think": THINK_CLOSE in completion})
+                  model=model, source=source, answer_from=answer_from,
+                  meta={**meta, "has_think": THINK_CLOSE in completion})
 
 
 # ---------------------------------------------------------------- adapters: (row, where, source, index, meta)
@@ -118,7 +124,7 @@ def _openr1(row, where, source, index, meta) -> list[Record]:
     verify = _list_field(row, "correctness_math_verify", where, "openr1", optional=True)
     llama = _list_field(row, "correctness_llama", where, "openr1", optional=True)
     complete = _list_field(row, "is_reasoning_complete", where, "openr1", optional=True)
-    pid = text_value(row.get("uuid")) or str(index)
+    pid = _pid(row, "uuid", problem)
     shared = {**meta, **{k: row[k] for k in ("problem_type", "question_type") if row.get(k) is not None}}
     if row.get("source") is not None:
         shared["origin"] = row["source"]  # OpenR1's own `source` column (e.g. "olympiads"), not our source name
@@ -149,16 +155,16 @@ def _s1k(row, where, source, index, meta) -> list[Record]:
     gold = _boxed(solution)
     extra = {k: row[k] for k in ("cot_type", "source_type") if row.get(k) is not None}
     # s1K's `solution` is a worked solution for most rows: its box is the gold; without one the text stays.
-    extra["answer_from"] = "solution_boxed" if gold else "solution_text"
-    return [_record(source, str(index), 0, problem, gold or solution.strip(), _think(thought, attempt),
-                    {**meta, **extra}, where, model=model)]
+    return [_record(source, content_id(problem), 0, problem, gold or solution.strip(), _think(thought, attempt),
+                    {**meta, **extra}, where, model=model,
+                    answer_from="solution_boxed" if gold else "solution_text")]
 
 
 def _limo(row, where, source, index, meta) -> list[Record]:
     problem = _str_field(row, "question", where, "limo")
     solution = _str_field(row, "solution", where, "limo")
     answer = _str_field(row, "answer", where, "limo")
-    return [_record(source, str(index), 0, problem, answer, solution, meta, where)]
+    return [_record(source, content_id(problem), 0, problem, answer, solution, meta, where)]
 
 
 def _split_markers(text: str) -> str:
@@ -193,8 +199,8 @@ def _sharegpt(row, where, source, index, meta) -> list[Record]:
     problem = problem.removeprefix(SHAREGPT_PREFIX)
     completion = _split_markers(reply)
     answer = _boxed(completion)
-    return [_record(source, str(index), 0, problem, answer, completion,
-                    {**meta, "gold_answer": False, "answer_from": "completion_boxed" if answer else "none"}, where)]
+    return [_record(source, content_id(problem), 0, problem, answer, completion, meta, where,
+                    answer_from="completion_boxed" if answer else "none")]
 
 
 def _numina(row, where, source, index, meta) -> list[Record]:
@@ -202,10 +208,11 @@ def _numina(row, where, source, index, meta) -> list[Record]:
     solution = _str_field(row, "solution", where, "numina")
     given = text_value(row.get("answer")).strip()
     answer = given or _boxed(solution)
-    extra = {"answer_from": "answer" if given else "solution_boxed" if answer else "none"}
+    extra = {}
     if row.get("source") is not None:
         extra["origin"] = row["source"]  # NuminaMath's own `source` column (e.g. "olympiads")
-    return [_record(source, str(index), 0, problem, answer, solution, {**meta, **extra}, where)]
+    return [_record(source, content_id(problem), 0, problem, answer, solution, {**meta, **extra}, where,
+                    answer_from="" if given else "solution_boxed" if answer else "none")]
 
 
 def _messages(row, where, source, index, meta) -> list[Record]:
@@ -213,9 +220,8 @@ def _messages(row, where, source, index, meta) -> list[Record]:
     problem, completion = _turn_pair(turns, where, "messages", "role", "content")
     given = text_value(row.get("answer")).strip()
     answer = given or _boxed(completion)
-    extra = {"gold_answer": bool(given), "answer_from": "answer" if given else "completion_boxed" if answer else "none"}
-    pid = text_value(row.get("id")) or str(index)
-    return [_record(source, pid, 0, problem, answer, completion, {**meta, **extra}, where)]
+    return [_record(source, _pid(row, "id", problem), 0, problem, answer, completion, meta, where,
+                    answer_from="" if given else "completion_boxed" if answer else "none")]
 
 
 FORMATS: dict[str, Adapter] = {
@@ -258,45 +264,28 @@ def check_format(name: str) -> str:
     return name
 
 
-def source_name(source: str | Path) -> str:
-    """The name records are filed under: a file's stem, a folder's name, a Hub id's last part."""
-    text = str(source).rstrip("/")
-    path = Path(text)
-    if path.is_file():
-        return path.stem
-    return path.name or text.rsplit("/", 1)[-1]
-
-
-def iter_format_records(source: str | Path, format: str | None = None, split: str = "train", subset: str | None = None,
-                        revision: str | None = None, skip_invalid: bool = False, stats: dict[str, int] | None = None,
-                        name: str | None = None) -> Iterator[Record]:
-    """Records from a published dataset (file, folder, filter output or Hub id) in any known format (detected
-    from the first row unless `format` is given). Malformed rows raise with their file:line, or with
-    skip_invalid are counted in stats["invalid"] and logged."""
-    fmt = check_format(format) if format else None
-    if (Path(source) / "kept").is_dir():  # a `distill filter` output: its curated records, not rejected/ or hub/
-        source = Path(source) / "kept"
-        log.info("%s: a filter output; reading its kept/ records", source.parent)
-    rows = iter_rows(source, split, subset, revision, skip_invalid, stats)
-    first = next(rows, None)
-    if first is None:
-        return
-    if fmt is None:
-        fmt = detect_format(set(map(str, first[1])))
-        log.info("%s: detected format '%s'", source, fmt)
+def iter_adapted(rows: Iterator[tuple[str, dict[str, Any]]], fmt: str, source: str, dataset: str | Path,
+                 split: str, subset: str | None, revision: str | None, skip_invalid: bool,
+                 stats: dict[str, int]) -> Iterator[Record]:
+    """Rows of a published dataset in format `fmt` → Records (called by data/reader.py, which picks the format).
+    Malformed rows raise with their file:line, or with skip_invalid are counted in stats["invalid"] and logged."""
     adapter = FORMATS[fmt]
-    src = name or source_name(source)
-    base = {"format": fmt, "dataset": str(source)}
-    if not Path(str(source)).exists():  # a Hub id: the split/subset/revision are part of where the data came from
+    per_problem: Counter = Counter()  # one-sample-per-row formats: a problem's rows are its samples 0, 1, ...
+    base: dict[str, Any] = {"format": fmt, "dataset": str(dataset)}
+    if not Path(str(dataset)).exists():  # a Hub id: the split/subset/revision are part of where the data came from
         base.update({"split": split, "subset": subset, "revision": revision})
-    for index, (where, row) in enumerate(itertools.chain([first], rows)):
+    for index, (where, row) in enumerate(rows):
         try:
-            records = adapter(row, where, src, index, {**base, "row": where})
+            records = adapter(row, where, source, index, {**base, "row": where})
         except DistillError as e:
             if not skip_invalid:
                 raise
             log.warning("%s (skipped)", e)
-            if stats is not None:
-                stats["invalid"] = stats.get("invalid", 0) + 1
+            stats["invalid"] = stats.get("invalid", 0) + 1
             continue
-        yield from records
+        for r in records:
+            if fmt != "openr1":  # OpenR1 rows hold all of a problem's generations, indexed already
+                r.sample_index = per_problem[r.problem_id]
+                r.id = Record.make_id(source, r.problem_id, r.sample_index)
+                per_problem[r.problem_id] += 1
+            yield r

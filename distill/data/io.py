@@ -12,12 +12,14 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from distill.data.record import Record, text_value
+from distill.data.record import FIELD_NAMES, Record, arrow_schema
 from distill.errors import DistillError
 
 log = logging.getLogger(__name__)
 
 ROW_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+# JSON files our stages write beside their rows.
+NOT_ROWS = ("manifest.json", "stats.json", "results.json", "preflight.json")
 
 # ---------------------------------------------------------------- atomic writers
 
@@ -66,7 +68,8 @@ def write_parquet(path: str | Path, rows: Iterable[dict[str, Any] | Record]) -> 
     # `meta` is free-form provenance: stored as JSON text so heterogeneous dicts survive the columnar schema.
     table_rows = [{**r, "meta": json.dumps(r["meta"], ensure_ascii=False)} if isinstance(r.get("meta"), dict) else r
                   for r in map(_as_row, rows)]
-    table = pa.Table.from_pylist(table_rows)
+    records = bool(table_rows) and set(table_rows[0]) == set(FIELD_NAMES)  # Records keep their own column types
+    table = pa.Table.from_pylist(table_rows, schema=arrow_schema() if records else None)
     with atomic_open(path, "wb") as f:
         pq.write_table(table, f)
     return len(table_rows)
@@ -100,16 +103,17 @@ def iter_rows(source: str | Path, split: str = "train", subset: str | None = Non
         yield from _iter_file(path, skip_invalid, stats)
     elif path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in ROW_SUFFIXES
-                       and not p.name.startswith(".") and p.name not in ("manifest.json", "stats.json", "results.json"))
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts)
+                       and p.name not in NOT_ROWS)
         if files:
             for f in files:
                 yield from _iter_file(f, skip_invalid, stats)
         else:
             yield from _iter_hub(str(source), split, subset, revision)
     else:
-        from distill.tasks import TASK_NAMES, load_task
+        from distill.tasks import TASKS, load_task
 
-        if str(source) in TASK_NAMES:
+        if str(source) in TASKS:
             for i, row in enumerate(load_task(str(source))):
                 yield f"task {source}:row {i}", row
         elif path.suffix in ROW_SUFFIXES or str(source).startswith((".", "/", "~")):
@@ -193,7 +197,8 @@ def _iter_parquet(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def _iter_csv(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    with path.open(newline="", encoding="utf-8") as f:
+    # utf-8-sig: a byte-order mark (Excel writes one) must not become part of the first column's name.
+    with path.open(newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         for row in reader:
             yield f"{path}:{reader.line_num}", row
@@ -222,34 +227,8 @@ def require_columns(where: str, row: dict[str, Any], columns: dict[str, str]) ->
             )
 
 
-def read_problems(source: str | Path, problem_key: str = "problem", answer_key: str = "answer", id_key: str | None = None,
-                  split: str = "train", subset: str | None = None, revision: str | None = None,
-                  limit: int | None = None) -> list[dict[str, str]]:
-    """Problems as [{id, problem, answer}], ids unique and stable (the id column, or the row index)."""
-    out: list[dict[str, str]] = []
-    seen: dict[str, str] = {}
-    columns = {"problem_key": problem_key, "answer_key": answer_key}
-    if id_key:
-        columns["id_key"] = id_key
-    for i, (where, row) in enumerate(iter_rows(source, split, subset, revision)):
-        if limit is not None and i >= limit:
-            break
-        require_columns(where, row, columns)
-        problem = row[problem_key]
-        if not isinstance(problem, str) or not problem.strip():
-            raise DistillError(f"{where}: field '{problem_key}' is empty; every problem needs text")
-        pid = str(row[id_key]) if id_key else str(i)
-        if pid in seen:
-            raise DistillError(f"{where}: duplicate id '{pid}' (first at {seen[pid]}); ids in --id-key must be unique")
-        seen[pid] = where
-        answer = row[answer_key]
-        out.append({"id": pid, "problem": problem, "answer": text_value(answer)})
-    if not out:
-        raise DistillError(f"{source}: no problems found; the dataset is empty")
-    return out
-
-
 def read_records(source: str | Path, split: str = "train", subset: str | None = None, revision: str | None = None,
                  skip_invalid: bool = False, stats: dict[str, int] | None = None) -> Iterator[Record]:
+    """distill's own record files as stored (generate chunks, eval samples); stages read inputs with data/reader.py."""
     for where, row in iter_rows(source, split, subset, revision, skip_invalid, stats):
         yield Record.from_dict(row, where)

@@ -3,10 +3,9 @@
 Reads DIR (a `distill filter` output):
   kept/*.parquet      records (+ `messages`; built with prompts.sft_messages when absent) → data/train-*.parquet
   rejected/*.parquet  records with `reason`: counted per reason for the card (not uploaded)
-  stats.json          read defensively; the keys rendered when present:
-                        {"steps": [{"name", "in", "out", "reasons": {reason: count}}, ...]   (or {name: {...}})
-                         "decontamination": {benchmark: hits | {"hits": n, ...}},
-                         any other scalar key (input, kept, grader_version, ...) → a statistics table}
+  stats.json          the filter's stats (filters/run.py `_stats`): "steps" [{name, in, out, reasons}], "kept" (must
+                      equal the rows in kept/, else the folder is refused), "decontamination" {benchmark: hits},
+                      any other scalar key (input, grader_version, ...) → a statistics table
   config.yaml         the filter's resolved config; its `input` locates the generate output
   manifest.json       generate provenance (teacher, revision, sampling params, prompt template hash, versions,
                       dataset fingerprint): DIR/manifest.json, else <filter input>/manifest.json; every key rendered.
@@ -61,8 +60,12 @@ def run(cfg: PublishConfig) -> dict[str, Any]:
     if hub.exists():  # a stale file from an earlier run would otherwise be uploaded too
         shutil.rmtree(hub)
 
+    stats_in = _filter_stats(root)
     facts = _write_data(root, hub, cfg.shard_rows)
-    stats_in = _read_json(root / "stats.json")
+    if facts["rows"] != stats_in["kept"]:
+        shutil.rmtree(hub)
+        raise DistillError(f"{root}: kept/ holds {facts['rows']} rows but its stats.json counts {stats_in['kept']} "
+                           f"(an interrupted or mixed filter output); re-run `distill filter` into this folder")
     filter_cfg = _read_yaml(root / "config.yaml")
     manifest, manifest_path = _find_manifest(root, filter_cfg)
 
@@ -131,7 +134,7 @@ def _write_data(root: Path, hub: Path, shard_rows: int) -> dict[str, Any]:
         facts["chars"].append(len(rec.completion))
         facts["models"][rec.model] += 1
         facts["sources"][rec.source or "unknown"] += 1
-        facts["no_gold"] += rec.meta.get("gold_answer") is False
+        facts["no_gold"] += rec.answer_from in ("completion_boxed", "none")
         for key in ("dataset", "revision"):
             if rec.meta.get(key):
                 facts["datasets"][f"{key}: {rec.meta[key]}"] += 1
@@ -192,8 +195,7 @@ def _rejected(folder: Path) -> dict[str, int]:
 
 def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        log.warning("%s: not found; the card will have no funnel", path)
-        return {}
+        raise DistillError(f"{path}: not found; pass the output folder of `distill filter`")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -268,36 +270,43 @@ def _inputs(filter_cfg: dict[str, Any], datasets: collections.Counter) -> list[t
     return rows + [(key, f"{n} samples") for key, n in datasets.most_common()]
 
 
+def _filter_stats(root: Path) -> dict[str, Any]:
+    """DIR/stats.json as `distill filter` writes it; anything else is refused in one line."""
+    path = root / "stats.json"
+    stats = _read_json(path)
+    steps = stats.get("steps")
+    if not isinstance(stats.get("kept"), int) or not isinstance(steps, list) or not all(
+            isinstance(s, dict) and {"name", "in", "out", "reasons"} <= set(s) for s in steps):
+        raise DistillError(f"{path}: not the stats.json of `distill filter` (needs 'kept' and 'steps'); pass a "
+                           f"filter output folder, or re-run `distill filter` into it")
+    return stats
+
+
 def _steps(stats: dict[str, Any]) -> list[dict[str, Any]]:
-    steps = stats.get("steps", stats.get("funnel", []))
-    if isinstance(steps, dict):
-        steps = [{"name": k, **v} if isinstance(v, dict) else {"name": k, "out": v} for k, v in steps.items()]
-    out = []
-    for s in steps if isinstance(steps, list) else []:
-        if not isinstance(s, dict):
-            continue
-        n_in = next((s[k] for k in ("in", "input", "n_in") if k in s), "")
-        n_out = next((s[k] for k in ("out", "kept", "output", "n_out") if k in s), "")
-        reasons = next((s[k] for k in ("reasons", "dropped", "rejected") if isinstance(s.get(k), dict)), {})
-        out.append({"name": str(s.get("name", s.get("step", "?"))), "in": n_in, "out": n_out, "reasons": reasons})
-    return out
+    return [{k: s[k] for k in ("name", "in", "out", "reasons")} for s in stats["steps"]]
 
 
 def _decontamination(stats: dict[str, Any]) -> dict[str, Any] | None:
-    report = stats.get("decontamination", stats.get("decontaminate"))
-    ran = any(s["name"] == "decontaminate" for s in _steps(stats))
-    if not isinstance(report, dict) or (not report and not ran):  # the filter writes {} when the step is off
+    """{benchmark: hits}, or None when the step did not run."""
+    if not any(s["name"] == "decontaminate" for s in stats["steps"]):
         return None
-    report = report.get("hits", report) if isinstance(report.get("hits"), dict) else report
-    return {str(k): (v.get("hits", v.get("count", v)) if isinstance(v, dict) else v) for k, v in report.items()}
+    return dict(stats.get("decontamination") or {})
 
 
 def _decontam_method(filter_cfg: dict[str, Any]) -> str:
-    n, tasks = filter_cfg.get("decontam_ngram"), filter_cfg.get("decontam_tasks")
-    if not n or not tasks:
+    """The rule the filter ran with (filters/dataset.py Decontaminator), in words."""
+    from distill.tasks import MATH_TASKS
+
+    n, share = filter_cfg.get("decontam_ngram"), filter_cfg.get("decontam_min_overlap")
+    if not n or share is None:
         return ""
-    return f"Method: a sample is dropped when its problem shares a word {n}-gram with a problem of " \
-           f"{', '.join(map(str, tasks))} (distill's bundled eval sets)."
+    tasks = ", ".join(map(str, filter_cfg.get("decontam_tasks") or MATH_TASKS))
+    if float(share) == 0:
+        rule = f"its problem shares any word {n}-gram with a problem of"
+    else:
+        rule = (f"its problem contains at least {float(share):.0%} of the word {n}-grams of one problem of (a "
+                f"benchmark problem shorter than {n} words: its whole text)")
+    return f"Method: a sample is dropped when {rule} {tasks} (distill's bundled eval sets)."
 
 
 def _other_stats(stats: dict[str, Any]) -> list[tuple[str, Any]]:

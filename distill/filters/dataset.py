@@ -159,13 +159,13 @@ class Decontaminator:
     reasons = ("contaminated",)
 
     def __init__(self, tasks: Iterable[str] | None = None, ngram: int = 8, min_overlap: float = 0.2):
-        from distill.tasks import TASK_NAMES, load_task
+        from distill.tasks import MATH_TASKS, load_task
 
         if ngram < 1:
             raise DistillError(f"decontaminate: decontam_ngram must be >= 1, got {ngram}")
         if not 0 <= min_overlap <= 1:
             raise DistillError(f"decontaminate: decontam_min_overlap must be in [0, 1], got {min_overlap}")
-        self.tasks = list(tasks) if tasks else list(TASK_NAMES)
+        self.tasks = list(tasks) if tasks else list(MATH_TASKS)
         self.ngram, self.min_overlap = ngram, min_overlap
         self.index: dict[bytes, list[int]] = {}  # n-gram → benchmark problems (indices into self.problems)
         self.problems: list[tuple[str, int]] = []  # (task, number of distinct n-grams)

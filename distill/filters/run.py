@@ -1,18 +1,21 @@
 """`distill filter`: records → the steps in order → kept/ and rejected/ Parquet, stats.json, the funnel.
 
 Streaming: records are read lazily and flow through the steps one at a time (answer_correct grades one
-chunk at a time); output Parquet files are written atomically every `chunk_size` rows, so memory is flat
-in the number of records. `select` needs every trace of a problem before it can choose, so the records
-that survive the other steps go to a temporary Parquet folder with three integers each held in memory,
-and a second pass routes them to kept/ or rejected/.
+chunk at a time); output Parquet files are written every `chunk_size` rows, so memory is flat in the number
+of records. `select` needs every trace of a problem before it can choose, so the records that survive the
+other steps go to a temporary Parquet folder with three integers each held in memory, and a second pass
+routes them to kept/ or rejected/.
+
+Transactional: everything is written into a staging folder beside OUT and swapped in at the end (two renames),
+so a run that fails or is killed leaves the previous result — kept/, rejected/ and the stats.json that counts
+them — untouched. A swap interrupted between its two renames is completed by the next run.
 """
 
 from __future__ import annotations
 
 import difflib
-import hashlib
-import json
 import logging
+import os
 import shutil
 import time
 from collections import Counter
@@ -22,19 +25,20 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from distill.config import FilterConfig, save_config
-from distill.data.io import atomic_open, atomic_write_json, iter_rows, require_columns
-from distill.data.record import REQUIRED_FIELDS, Record
+from distill.config import FILTER_STEPS, FilterConfig, save_config
+from distill.data.io import atomic_open, atomic_write_json
+from distill.data.reader import data_options, read_samples
+from distill.data.record import arrow_schema, parquet_row
 from distill.errors import DistillError
 from distill.filters import dataset, steps
 from distill.prompts import sft_messages
 
 log = logging.getLogger(__name__)
 
-STEPS = ("finished", "think_format", "answer_correct", "length", "repetition", "language", "dedup",
-         "decontaminate", "select")
 # Flush an output file at chunk_size rows or at this many text bytes, whichever comes first.
 PART_BYTES = 128 << 20
+# What a filter output folder holds; anything else in --out is the user's and is never moved or deleted.
+OUTPUT_ENTRIES = {"kept", "rejected", "stats.json", "config.yaml", "hub", "publish", ".select_pending"}
 
 # ---------------------------------------------------------------- schema
 
@@ -42,33 +46,26 @@ PART_BYTES = 128 << 20
 def _schemas():
     import pyarrow as pa
 
-    base = [("id", pa.string()), ("problem_id", pa.string()), ("problem", pa.string()), ("answer", pa.string()),
-            ("completion", pa.string()), ("finish_reason", pa.string()), ("num_tokens", pa.int64()),
-            ("sample_index", pa.int64()), ("model", pa.string()), ("source", pa.string()),
-            ("meta", pa.string()),  # provenance as JSON text: heterogeneous dicts survive the columnar schema
-            ("extracted", pa.string())]
+    base = [("extracted", pa.string())]
     message = pa.struct([("role", pa.string()), ("content", pa.string())])
-    kept = pa.schema(base + [("messages", pa.list_(message))])
-    rejected = pa.schema(base + [("step", pa.string()), ("reason", pa.string())])
+    kept = arrow_schema(base + [("messages", pa.list_(message))])
+    rejected = arrow_schema(base + [("step", pa.string()), ("reason", pa.string())])
     return kept, rejected
 
 
 def _row(item: dataset.Item) -> dict[str, Any]:
-    row = item.record.to_dict()
-    row["meta"] = json.dumps(row["meta"], ensure_ascii=False, default=str)
+    row = parquet_row(item.record)
     row["extracted"] = item.extracted
     return row
 
 
 class PartWriter:
-    """Parquet parts `part-00000.parquet`, … in `folder`, each written atomically; an empty run still
+    """Parquet parts `part-00000.parquet`, … in a fresh `folder`, each written atomically; an empty run still
     writes one empty part so readers see the schema."""
 
     def __init__(self, folder: Path, schema, rows_per_part: int):
         self.folder, self.schema, self.rows_per_part = folder, schema, rows_per_part
         folder.mkdir(parents=True, exist_ok=True)
-        for old in folder.glob("part-*.parquet"):  # a previous run's parts would mix with this run's
-            old.unlink()
         self.buf: list[dict[str, Any]] = []
         self.bytes = 0
         self.parts = 0
@@ -97,95 +94,52 @@ class PartWriter:
         self.flush(force=self.parts == 0)
 
 
+# ---------------------------------------------------------------- the output folder, swapped in whole
+
+
+def _staging(out: Path) -> tuple[Path, Path]:
+    return out.parent / f".{out.name}.filter-new-{os.getpid()}", out.parent / f".{out.name}.filter-old-{os.getpid()}"
+
+
+def recover(out: Path) -> None:
+    """Finish or undo what an earlier, killed run left beside OUT: a swap cut between its renames is completed
+    (the old result is moved back when the new one never arrived); unfinished staging folders are removed."""
+    for old in sorted(out.parent.glob(f".{out.name}.filter-old-*")):
+        if out.exists():
+            shutil.rmtree(old)
+        else:
+            log.warning("%s: restoring the previous filter output from %s (an earlier run was interrupted)", out, old)
+            old.rename(out)
+    for new in out.parent.glob(f".{out.name}.filter-new-*"):
+        shutil.rmtree(new)
+
+
+def check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise DistillError(f"--out {out}: is a file; pass a folder")
+    if out.is_dir():
+        foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_ENTRIES)
+        if foreign:
+            raise DistillError(f"--out {out}: holds files that are not a filter output ({', '.join(foreign[:5])}); "
+                               f"pass an empty or new folder (filter replaces its output folder whole)")
+
+
+def swap_in(new: Path, out: Path, old: Path) -> None:
+    if out.exists():
+        os.rename(out, old)
+    os.rename(new, out)
+    if old.exists():
+        shutil.rmtree(old)
+
+
 # ---------------------------------------------------------------- input
 
 
-def iter_input_records(cfg: FilterConfig, stats: dict[str, int]) -> Iterator[Record]:
-    """Records from a generate dir / records file (as stored), a published format (distill.data.adapters,
-    when --format is set or the columns say so), or any dataset via the column mapping."""
-    if cfg.format:
-        yield from _adapter_records(cfg, stats, cfg.format)
-        return
-    rows = iter_rows(cfg.input, cfg.split, cfg.subset, cfg.revision, cfg.skip_invalid, stats)
-    first = next(rows, None)
-    if first is None:
-        return
-    where, row = first
-    mapped = {"problem_key": cfg.problem_key, "answer_key": cfg.answer_key, "completion_key": cfg.completion_key}
-    if cfg.id_key:
-        mapped["id_key"] = cfg.id_key
-    as_records = (set(REQUIRED_FIELDS) | {"completion"}) <= set(row) and (
-        cfg.problem_key, cfg.answer_key, cfg.completion_key, cfg.id_key) == ("problem", "answer", "completion", None)
-    if not as_records and not set(mapped.values()) <= set(row):
-        fmt = _detect_format(set(map(str, row)))
-        if fmt is not None:
-            del rows
-            yield from _adapter_records(cfg, stats, fmt)
-            return
-        require_columns(where, row, mapped)  # raises: names the option to change and the columns present
-    source = Path(str(cfg.input).rstrip("/")).stem or "data"
-    per_problem: Counter = Counter()
-    for where, row in _chain(first, rows):
-        try:
-            if as_records:
-                if "completion" not in row:
-                    require_columns(where, row, {"completion_key": "completion"})
-                yield Record.from_dict(row, where)
-            else:
-                yield _mapped_record(cfg, where, row, source, per_problem)
-        except DistillError as e:
-            if not cfg.skip_invalid:
-                raise
-            log.warning("%s (skipped)", e)
-            stats["invalid"] = stats.get("invalid", 0) + 1
-
-
-def _chain(first, rest) -> Iterator[tuple[str, dict[str, Any]]]:
-    yield first
-    yield from rest
-
-
-def _mapped_record(cfg: FilterConfig, where: str, row: dict[str, Any], source: str, per_problem: Counter) -> Record:
-    columns = {"problem_key": cfg.problem_key, "answer_key": cfg.answer_key, "completion_key": cfg.completion_key}
-    require_columns(where, row, columns)
-    problem = row[cfg.problem_key]
-    if not isinstance(problem, str) or not problem.strip():
-        raise DistillError(f"{where}: field '{cfg.problem_key}' is empty; every record needs a problem")
-    if cfg.id_key:
-        require_columns(where, row, {"id_key": cfg.id_key})
-        pid = str(row[cfg.id_key])
-    else:  # samples of one problem must share a problem_id for dedup/select: derive it from the text
-        pid = hashlib.sha1(problem.encode("utf-8", "replace")).hexdigest()[:12]
-    index = per_problem[pid]
-    per_problem[pid] += 1
-    return Record.from_dict({
-        "id": Record.make_id(source, pid, index), "problem_id": pid, "problem": problem,
-        "answer": row[cfg.answer_key], "completion": row[cfg.completion_key] or "",
-        "finish_reason": row.get("finish_reason") or "", "num_tokens": row.get("num_tokens") or 0,
-        "sample_index": index, "model": row.get("model") or "", "source": source,
-        "meta": {"row": where},
-    }, where)
-
-
-def _detect_format(columns: set[str]) -> str | None:
-    try:
-        from distill.data.adapters import detect_format
-    except ImportError:  # adapters not installed in this build: fall back to the column mapping's error
-        return None
-    try:
-        return detect_format(columns)
-    except DistillError:
-        return None
-
-
-def _adapter_records(cfg: FilterConfig, stats: dict[str, int], fmt: str) -> Iterator[Record]:
-    try:
-        from distill.data.adapters import iter_format_records
-    except ImportError:
-        raise DistillError(f"--format {fmt}: published-format adapters are not available in this build; "
-                           f"convert the data to records or use --problem-key/--answer-key/--completion-key") from None
-    yield from iter_format_records(cfg.input, format=fmt, split=cfg.split, subset=cfg.subset, revision=cfg.revision,
-                                   skip_invalid=cfg.skip_invalid, stats=stats)
+def iter_input_records(cfg: FilterConfig, stats: dict[str, int]) -> Iterator:
+    """Records from a generate dir, a filter output (kept/), any records/columns file or Hub dataset, or a
+    published format, through the one reader (data/reader.py)."""
+    return read_samples(cfg.input, format=cfg.format, completion_key=cfg.completion_key,
+                        skip_invalid=cfg.skip_invalid, stats=stats, **data_options(cfg))
 
 
 # ---------------------------------------------------------------- pipeline
@@ -194,11 +148,11 @@ def _adapter_records(cfg: FilterConfig, stats: dict[str, int], fmt: str) -> Iter
 def check_steps(names: list[str]) -> list[str]:
     errors = []
     for name in names:
-        if name not in STEPS:
-            hint = difflib.get_close_matches(name, STEPS, n=1)
+        if name not in FILTER_STEPS:
+            hint = difflib.get_close_matches(name, FILTER_STEPS, n=1)
             errors.append(f"unknown step '{name}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
     if errors:
-        raise DistillError("; ".join(errors) + f"; steps are {', '.join(STEPS)}")
+        raise DistillError("; ".join(errors) + f"; steps are {', '.join(FILTER_STEPS)}")
     if len(set(names)) != len(names):
         raise DistillError(f"--steps lists a step twice ({','.join(names)}); list each once")
     if "select" in names and names[-1] != "select":
@@ -226,9 +180,27 @@ def run(cfg: FilterConfig) -> dict[str, Any]:
     if src.is_dir() and (out.resolve() == src.resolve() or src.resolve() in out.resolve().parents):
         raise DistillError(f"--out {out} is inside INPUT {src}: the output would be read back as input; "
                            f"choose an --out outside it")
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    recover(out)
+    check_out(out)
+    new, old = _staging(out)
+    new.mkdir()
+    try:
+        stats = _run(cfg, names, new, start)
+        swap_in(new, out, old)
+    finally:
+        if new.exists():
+            shutil.rmtree(new, ignore_errors=True)
+    log.info("funnel:\n%s", funnel_table(stats))
+    log.info("filter: %d in, %d kept, %d rejected, %d invalid in %.1fs → %s", stats["input"], stats["kept"],
+             stats["rejected"], stats["invalid"], stats["wall_time_s"], out)
+    return stats
+
+
+def _run(cfg: FilterConfig, names: list[str], out: Path, start: float) -> dict[str, Any]:
+    """The steps, written into `out` (the staging folder)."""
     save_config(cfg, out)
-    log.info("filter %s → %s: steps %s", cfg.input, out, ",".join(names))
+    log.info("filter %s → %s: steps %s", cfg.input, cfg.out, ",".join(names))
 
     needs_length = "length" in names or ("select" in names and cfg.select_strategy == "shortest")
     counter = steps.TokenCounter(cfg.tokenizer) if needs_length else None
@@ -270,13 +242,11 @@ def run(cfg: FilterConfig) -> dict[str, Any]:
         if grader is not None:
             grader.close()
 
-    if n_input == 0 and not read_stats.get("invalid"):
-        log.warning("%s: no records read", cfg.input)
+    if n_input == 0:
+        what = f"all {read_stats['invalid']} rows were invalid" if read_stats.get("invalid") else "it is empty"
+        raise DistillError(f"{cfg.input}: no records to filter ({what}); check the input path")
     stats = _stats(cfg, names, n_input, tallies, read_stats, built, time.time() - start)
     atomic_write_json(out / "stats.json", stats)
-    log.info("funnel:\n%s", funnel_table(stats))
-    log.info("filter: %d in, %d kept, %d rejected, %d invalid in %.1fs → %s", stats["input"], stats["kept"],
-             stats["rejected"], stats["invalid"], stats["wall_time_s"], out)
     return stats
 
 
@@ -286,8 +256,6 @@ def _sink(stream: Iterable[dataset.Item], out: Path, cfg: FilterConfig, plan: da
     kept = PartWriter(out / "kept", kept_schema, cfg.chunk_size)
     rejected = PartWriter(out / "rejected", rejected_schema, cfg.chunk_size)
     pending_dir = out / ".select_pending"
-    if pending_dir.exists():
-        shutil.rmtree(pending_dir)
     pending = PartWriter(pending_dir, kept_schema, cfg.chunk_size) if plan else None
     tallies: Counter = Counter()
     for item in stream:
@@ -350,6 +318,7 @@ def _stats(cfg: FilterConfig, names: list[str], n_input: int, tallies: Counter, 
         "kept": alive,
         "rejected": n_input - alive,
         "invalid": read_stats.get("invalid", 0),
+        "null_completions": read_stats.get("null_completions", 0),
         "steps": rows,
         "decontamination": dict(decon.hits) if decon is not None else {},
         "grader_version": GRADER_VERSION if "answer_correct" in names else None,

@@ -20,14 +20,17 @@ from distill.prompts import THINK_CLOSE, THINK_OPEN
 
 
 class Finished:
-    """Drop samples the engine cut off. "" means the source did not say (truncation is then still caught
-    by think_format's unclosed <think> and answer_correct's no_answer)."""
+    """Drop samples the engine cut off, and samples with no completion at all (a null or empty column). A
+    finish_reason of "" means the source did not say (truncation is then still caught by think_format's unclosed
+    <think> and answer_correct's no_answer)."""
 
     name = "finished"
-    reasons = ("truncated", "unfinished")
+    reasons = ("completion_empty", "truncated", "unfinished")
     OK = ("stop", "eos", "end_turn", "")
 
     def check(self, record: Record) -> str | None:
+        if not record.completion.strip():
+            return "completion_empty"
         if record.finish_reason == "length":
             return "truncated"
         if record.finish_reason not in self.OK:  # abort, error, content_filter, tool_calls ...

@@ -1,48 +1,81 @@
-"""Bundled benchmark tasks: their names, YAML specs, and rows checked against the pinned sha256."""
+"""Bundled tasks: `<name>.jsonl` rows `{id, problem, answer}` plus `<name>.yaml` (version, rows, sha256, answer
+type, verifier, provenance), found by globbing this folder. A new task is those two files; every stage reads them
+through `TASKS` / `get_task`, and rows are refused when their sha256 differs from the YAML's.
+"""
 
 from __future__ import annotations
 
 import difflib
 import hashlib
 import json
+from dataclasses import dataclass, field
 from importlib import resources
+from typing import Any
 
 import yaml
 
 from distill.errors import DistillError
 
-TASK_NAMES = ("aime24", "aime25", "math500", "amc23", "gsm8k", "minerva", "olympiadbench")
-
-_REBUILD = "python -m distill.tasks.build"
+REBUILD = "python -m distill.tasks.build"
 
 
-def task_spec(name: str) -> dict:
-    """The task's YAML as a dict, plus `path`: the absolute path of its JSONL."""
-    if name not in TASK_NAMES:
-        close = difflib.get_close_matches(name, TASK_NAMES, n=1)
+@dataclass(frozen=True)
+class Task:
+    name: str
+    version: int
+    rows: int
+    answer_type: str  # how the math verifier compares: integer | number | expression (code tasks: code)
+    verifier: str  # the verifier that grades it (distill.verify.VERIFIERS)
+    path: str  # the JSONL beside the YAML
+    sha256: str
+    yaml_sha256: str
+    source: dict[str, Any] = field(default_factory=dict)
+    notes: str = ""
+
+    def load(self) -> list[dict[str, Any]]:
+        """The rows, refusing data whose sha256 or row count differs from the YAML."""
+        with open(self.path, "rb") as f:
+            data = f.read()
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != self.sha256:
+            raise DistillError(
+                f"{self.path}: sha256 {digest[:16]} does not match {self.name}.yaml ({self.sha256[:16]}); "
+                f"the bundled data was edited: reinstall distill or re-run `{REBUILD}`"
+            )
+        rows = [json.loads(line) for line in data.decode("utf-8").splitlines()]
+        if len(rows) != self.rows:
+            raise DistillError(f"{self.path}: {len(rows)} rows but {self.name}.yaml says {self.rows}; "
+                               f"re-run `{REBUILD}`")
+        return rows
+
+
+def discover(folder: Any) -> dict[str, Task]:
+    """Every `<name>.yaml` in `folder` (a path or an importlib.resources Traversable) → its Task, by name."""
+    tasks = {}
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".yaml"):
+            continue
+        raw = entry.read_bytes()
+        spec = yaml.safe_load(raw)
+        tasks[spec["name"]] = Task(
+            name=spec["name"], version=int(spec["version"]), rows=int(spec["rows"]), answer_type=spec["answer_type"],
+            verifier=spec.get("verifier", "math"), path=str(folder.joinpath(spec["data"])), sha256=spec["sha256"],
+            yaml_sha256=hashlib.sha256(raw).hexdigest(), source=spec.get("source") or {}, notes=spec.get("notes", ""))
+    return tasks
+
+
+# importlib.resources rather than __file__, so an installed wheel finds its package data too.
+TASKS: dict[str, Task] = discover(resources.files(__name__))
+MATH_TASKS = tuple(name for name, t in TASKS.items() if t.verifier == "math")
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        close = difflib.get_close_matches(name, TASKS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise DistillError(f"unknown task {name!r}{hint}; available: {', '.join(TASK_NAMES)}")
-    # importlib.resources rather than __file__, so an installed wheel finds its package data too.
-    folder = resources.files(__name__)
-    spec = yaml.safe_load(folder.joinpath(f"{name}.yaml").read_text(encoding="utf-8"))
-    spec["path"] = str(folder.joinpath(spec["data"]))
-    return spec
+        raise DistillError(f"unknown task {name!r}{hint}; available: {', '.join(TASKS)}")
+    return TASKS[name]
 
 
-def load_task(name: str) -> list[dict]:
-    """Rows `{id, problem, answer}` of a task, refusing data whose sha256 differs from its YAML."""
-    spec = task_spec(name)
-    with open(spec["path"], "rb") as f:
-        data = f.read()
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != spec["sha256"]:
-        raise DistillError(
-            f"{spec['path']}: sha256 {digest[:16]} does not match {name}.yaml ({spec['sha256'][:16]}); "
-            f"the bundled data was edited: reinstall distill or re-run `{_REBUILD}`"
-        )
-    rows = [json.loads(line) for line in data.decode("utf-8").splitlines()]
-    if len(rows) != spec["rows"]:
-        raise DistillError(
-            f"{spec['path']}: {len(rows)} rows but {name}.yaml says {spec['rows']}; re-run `{_REBUILD}`"
-        )
-    return rows
+def load_task(name: str) -> list[dict[str, Any]]:
+    return get_task(name).load()

@@ -1,41 +1,29 @@
-"""SFT data: filter outputs, records, messages or ShareGPT rows → TRL conversational prompt/completion examples.
+"""SFT data: filter outputs, records, published formats, messages or ShareGPT rows → TRL conversational
+prompt/completion examples.
 
-Every example is {"prompt": [user (and earlier) turns], "completion": [one assistant turn]}, the assistant content
-normalised to "<think>\\n…\\n</think>\\n\\n<answer>". TRL then trains on the completion only (completion_only_loss).
+Samples (records, --problem-key/--completion-key columns, a filter output's kept/, a published format by
+detection or --format) are read by the one reader (data/reader.py), so their ids are the ones filter and eval
+give them, and turned into the generation conversation by prompts.sft_messages. Chat rows (`messages` or ShareGPT
+`conversations` with no record columns) are trained verbatim, all earlier turns included.
+Every example is {"id", "prompt": [user (and earlier) turns], "completion": [one assistant turn]}, the assistant
+content in the R1 layout (prompts.normalize_completion). TRL then trains on the completion only.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 from distill.data.io import iter_rows
-from distill.data.record import Record
+from distill.data.reader import read_samples, resolve_input
 from distill.errors import DistillError
-from distill.prompts import THINK_CLOSE, THINK_OPEN, sft_messages
+from distill.prompts import normalize_completion, sft_messages
 
 log = logging.getLogger(__name__)
 
 _ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system",
           "model": "assistant", "bot": "assistant"}
-
-
-def data_source(data: str) -> str:
-    """A filter output dir trains on its kept/ rows only (rejected/ sits beside them)."""
-    kept = Path(data) / "kept"
-    return str(kept) if kept.is_dir() else data
-
-
-def format_completion(text: str) -> str:
-    """'<think>\\n{reasoning}\\n</think>\\n\\n{answer}': one layout for every source, the one R1 emits. A completion
-    without </think> is returned as is (the preflight counts it)."""
-    if THINK_CLOSE not in text:
-        return text
-    head, answer = text.split(THINK_CLOSE, 1)
-    reasoning = head.split(THINK_OPEN, 1)[1] if THINK_OPEN in head else head  # '<think>\n' prefill not stored
-    return f"{THINK_OPEN}\n{reasoning.strip(chr(10))}\n{THINK_CLOSE}\n\n{answer.lstrip()}"
 
 
 def _messages(where: str, value: Any, sharegpt: bool) -> list[dict[str, str]]:
@@ -59,42 +47,49 @@ def _messages(where: str, value: Any, sharegpt: bool) -> list[dict[str, str]]:
     return out
 
 
-def to_example(where: str, messages: list[dict[str, str]]) -> dict[str, list[dict[str, str]]]:
+def to_example(where: str, messages: list[dict[str, str]], example_id: str) -> dict[str, Any]:
     if messages[-1]["role"] != "assistant":
         raise DistillError(f"{where}: the last turn must be the assistant's (the trained completion), "
                            f"got '{messages[-1]['role']}'")
     if len(messages) < 2:
         raise DistillError(f"{where}: needs a user turn before the assistant turn")
-    completion = {"role": "assistant", "content": format_completion(messages[-1]["content"])}
-    return {"prompt": messages[:-1], "completion": [completion]}
+    if not messages[-1]["content"].strip():
+        raise DistillError(f"{where}: the completion is empty; drop the row or run `distill filter` first (it "
+                           f"rejects empty completions as completion_empty)")
+    completion = {"role": "assistant", "content": normalize_completion(messages[-1]["content"])}
+    return {"id": example_id, "prompt": messages[:-1], "completion": [completion]}
 
 
-def load_examples(data: str, split: str = "train", subset: str | None = None,
-                  revision: str | None = None) -> list[dict[str, Any]]:
-    """Rows → prompt/completion examples. The form is decided by the first row's columns: `messages`,
-    ShareGPT `conversations`, or record fields (`problem` + `completion`, messages built by prompts.sft_messages)."""
+def load_examples(data: str, split: str = "train", subset: str | None = None, revision: str | None = None,
+                  format: str | None = None, problem_key: str = "problem", completion_key: str = "completion",
+                  id_key: str | None = None, skip_invalid: bool = False) -> list[dict[str, Any]]:
+    """Rows → prompt/completion examples (module doc). The form is decided by the first row's columns."""
     from tqdm.auto import tqdm
 
+    path = resolve_input(data)
+    first = next(iter_rows(path, split, subset, revision, skip_invalid, {}), None)
+    if first is None:
+        raise DistillError(f"{data}: no rows to train on; the dataset is empty")
+    columns = set(map(str, first[1]))
+    chat = None if format or {problem_key, completion_key} <= columns else (
+        "messages" if "messages" in columns else "sharegpt" if "conversations" in columns else None)
     examples: list[dict[str, Any]] = []
-    form = None
-    for where, row in tqdm(iter_rows(data_source(data), split, subset, revision), desc="reading SFT data",
-                           unit=" rows", mininterval=2.0):
-        if form is None:
-            form = ("messages" if "messages" in row else "sharegpt" if "conversations" in row
-                    else "records" if {"problem", "completion"} <= set(row) else None)
-            if form is None:
-                raise DistillError(f"{where}: no 'messages', 'conversations' or 'problem'+'completion' columns "
-                                   f"(columns: {', '.join(map(str, row))}); pass a filter output, records, or a "
-                                   f"messages/ShareGPT dataset")
-        if form == "records":
-            rec = Record.from_dict(row, where)
-            messages = sft_messages(rec.problem, rec.completion)
-        else:
-            messages = _messages(where, row.get(form if form == "messages" else "conversations"), form == "sharegpt")
-        examples.append(to_example(where, messages))
+    if chat is None:
+        samples = read_samples(data, format=format, problem_key=problem_key, answer_key=None,
+                               completion_key=completion_key, id_key=id_key, split=split, subset=subset,
+                               revision=revision, skip_invalid=skip_invalid)
+        for rec in tqdm(samples, desc="reading SFT data", unit=" rows", mininterval=2.0):
+            examples.append(to_example(rec.meta.get("row", rec.id), sft_messages(rec.problem, rec.completion),
+                                       rec.id))
+    else:
+        rows = iter_rows(path, split, subset, revision, skip_invalid, {})
+        for i, (where, row) in enumerate(tqdm(rows, desc="reading SFT data", unit=" rows", mininterval=2.0)):
+            column = "messages" if chat == "messages" else "conversations"
+            examples.append(to_example(where, _messages(where, row.get(column), chat == "sharegpt"),
+                                       str(row.get("id") or i)))
     if not examples:
         raise DistillError(f"{data}: no rows to train on; the dataset is empty")
-    log.info("read %d SFT examples from %s (%s)", len(examples), data_source(data), form)
+    log.info("read %d SFT examples from %s (%s)", len(examples), path, format or chat or "records")
     return examples
 
 
@@ -121,5 +116,6 @@ def tokenize(examples: list[dict[str, Any]], tokenizer, num_proc: int | None = N
     args = SFTConfig(output_dir="unused", max_length=None, packing=False, bf16=False, report_to="none",
                      dataset_num_proc=num_proc, completion_only_loss=True)
     ds = Dataset.from_list(examples)
-    ds = SFTTrainer._prepare_dataset(_TokenizeOnly(tokenizer), ds, tokenizer, args, False, None, "train")
+    ds = SFTTrainer._prepare_dataset(_TokenizeOnly(tokenizer), ds.remove_columns(["id"]), tokenizer, args, False,
+                                     None, "train")
     return ds.select_columns(["input_ids", "labels"])

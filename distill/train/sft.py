@@ -19,14 +19,18 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
+import json
 import logging
 import time
+import types
+import typing
 from pathlib import Path
 from typing import Any
 
 from distill.config import SftConfig, save_config
 from distill.data.io import atomic_write_json, atomic_write_text
 from distill.errors import DistillError
+from distill.train.resume import RESUME_FILE, check_resume, clear_out, last_complete_checkpoint, resume_key
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +44,49 @@ PAD_CANDIDATES = ("<|endoftext|>", "<|fim_pad|>", "<|finetune_right_pad_id|>", "
 
 
 def validate_trl(trl: dict[str, Any]) -> dict[str, Any]:
-    """The `trl:` mapping, checked against trl.SFTConfig's fields, all errors at once with a "did you mean"."""
+    """The `trl:` mapping, checked against trl.SFTConfig's fields and their types before any work, all errors at
+    once with a "did you mean"."""
     from trl import SFTConfig
 
     known = {f.name for f in dataclasses.fields(SFTConfig) if f.init}
+    hints = typing.get_type_hints(SFTConfig)
     errors = []
-    for key in trl:
+    for key, value in trl.items():
         if key in OWNED:
             errors.append(f"trl: '{key}' is the distill option '{OWNED[key]}'; set `{OWNED[key]}:` at the top level")
         elif key not in known:
             hint = difflib.get_close_matches(key, known, n=1)
             errors.append(f"trl: unknown SFTConfig field '{key}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+        elif not _fits(value, hints.get(key)):
+            errors.append(f"trl: '{key}' must be {_type_name(hints[key])}, got {type(value).__name__} {value!r:.40}")
     if errors:
         raise DistillError("; ".join(errors))
     return dict(trl)
+
+
+def _fits(value: Any, tp: Any) -> bool:
+    """Whether a recipe value can be a field of type `tp` (plain types and unions of them; others pass)."""
+    if tp is None or tp is Any:
+        return True
+    options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    for option in options:
+        base = typing.get_origin(option) or option
+        if option is type(None) and value is None:
+            return True
+        if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return True
+        if base is int and isinstance(value, int) and not isinstance(value, bool):
+            return True
+        if base in (bool, str, list, dict) and isinstance(value, base):
+            return True
+        if base not in (type(None), float, int, bool, str, list, dict):
+            return True  # an enum or class TRL converts itself
+    return False
+
+
+def _type_name(tp: Any) -> str:
+    options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    return " or ".join(getattr(typing.get_origin(o) or o, "__name__", str(o)) for o in options)
 
 
 def attn_implementation(cuda: bool, model_init_kwargs: dict[str, Any]) -> str:
@@ -114,12 +147,6 @@ def context_length(student: str) -> int | None:
     return getattr(text, "max_position_embeddings", None)
 
 
-def _last_checkpoint(out: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    return get_last_checkpoint(str(out)) if out.is_dir() else None
-
-
 def _load_model(cfg: SftConfig, cuda: bool, init_kwargs: dict[str, Any], attn: str):
     import torch
     from transformers import AutoModelForCausalLM
@@ -154,9 +181,14 @@ def prepare(cfg: SftConfig) -> dict[str, Any]:
     """Everything before the model: tokenizer fixes, data, TRL tokenization, preflight. Raises on a failed check."""
     from transformers import AutoTokenizer
 
+    from distill.data.adapters import check_format
     from distill.train import preflight
     from distill.train.data import load_examples, tokenize
-    from distill.train.templates import choose_template, end_of_turn_token
+    from distill.templates import choose_template, end_of_turn_token
+
+    if cfg.format:
+        check_format(cfg.format)
+    trl = validate_trl(cfg.trl)  # before anything slow: a typo or a wrong type fails in a second
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(cfg.student)
@@ -174,9 +206,10 @@ def prepare(cfg: SftConfig) -> dict[str, Any]:
         tokenizer.eos_token = eot
     pad_note, added = fix_pad(tokenizer, eot)
     ctx = context_length(cfg.student)
-    examples = load_examples(cfg.data, cfg.split, cfg.subset, cfg.revision)
+    examples = load_examples(cfg.data, cfg.split, cfg.subset, cfg.revision, cfg.format, cfg.problem_key,
+                             cfg.completion_key, cfg.id_key, cfg.skip_invalid)
+    check_counts(cfg.data, len(examples))
     dataset = tokenize(examples, tokenizer)
-    trl = validate_trl(cfg.trl)
     import torch
 
     cuda = torch.cuda.is_available()
@@ -186,7 +219,22 @@ def prepare(cfg: SftConfig) -> dict[str, Any]:
                           end_of_turn=eot, template_note=choice.note + (f"; {eos_note}" if eos_note else ""),
                           pad_note=pad_note, max_dropped_share=cfg.max_dropped_share, packing_note=packing_note)
     return dict(tokenizer=tokenizer, choice=choice, eot=eot, added_pad=added, pad_note=pad_note, dataset=dataset,
-                report=rep, trl=trl, cuda=cuda, attn=attn, plan=plan, packing_note=packing_note, context_length=ctx)
+                report=rep, trl=trl, cuda=cuda, attn=attn, plan=plan, packing_note=packing_note, context_length=ctx,
+                resume_key=resume_key(cfg, cfg.student, examples))
+
+
+def check_counts(data: str, rows: int) -> None:
+    """A filter output must hold the rows its stats.json counts (else it was cut short or mixed)."""
+    stats = Path(data) / "stats.json"
+    if not (Path(data) / "kept").is_dir() or not stats.is_file():
+        return
+    try:
+        kept = json.loads(stats.read_text(encoding="utf-8")).get("kept")
+    except ValueError:
+        raise DistillError(f"{stats}: not valid JSON; re-run `distill filter` into {data}") from None
+    if isinstance(kept, int) and kept != rows:
+        raise DistillError(f"{data}: kept/ holds {rows} rows but its stats.json counts {kept} (an interrupted or "
+                           f"mixed filter output); re-run `distill filter` into this folder")
 
 
 def build_args(cfg: SftConfig, prep: dict[str, Any], out: Path):
@@ -214,9 +262,13 @@ def run(cfg: SftConfig) -> dict[str, Any]:
 
     start = time.time()
     out = Path(cfg.out)
+    prep = prepare(cfg)
+    if cfg.overwrite:
+        clear_out(out)
+    elif cfg.resume == "auto" and not cfg.preflight_only:
+        check_resume(out, prep["resume_key"])
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
-    prep = prepare(cfg)
     rep = prep["report"]
     atomic_write_text(out / "preflight.txt", rep.text() + "\n")
     log.info("%s", rep.text())
@@ -239,9 +291,10 @@ def run(cfg: SftConfig) -> dict[str, Any]:
     model = _load_model(cfg, prep["cuda"], dict(prep["trl"].get("model_init_kwargs") or {}), prep["attn"])
     if prep["added_pad"]:
         model.resize_token_embeddings(len(tokenizer))
-    resume = _last_checkpoint(out) if cfg.resume == "auto" else None
+    resume = last_complete_checkpoint(out) if cfg.resume == "auto" else None
     if resume:
         log.info("resuming from %s", resume)
+    atomic_write_json(out / RESUME_FILE, prep["resume_key"])
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, processing_class=tokenizer,
                          peft_config=_peft_config(cfg) if cfg.lora else None)
     result = trainer.train(resume_from_checkpoint=resume)

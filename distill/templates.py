@@ -1,4 +1,7 @@
-"""Chat templates for SFT: detect (by rendering) templates that delete <think>, and switch to one that keeps it.
+"""Chat templates: detect (by rendering) templates that delete <think> or inject a default system prompt, and
+switch to one of the same family that does neither. SFT trains with the choice and saves it with the model;
+generation and eval render prompts with the same rule, so a model sees at inference what it was trained on, and the
+R1 protocol (no system prompt) holds for models whose template adds one (Qwen2.5-Instruct, SmolLM2, Llama-3.1).
 
 Why rendering, not reading the template source: the stripping shows up in many spellings
 (`content.split('</think>')[-1]` in DeepSeek-R1-Distill, a `reasoning_content` split limited to turns after the
@@ -79,6 +82,39 @@ def render(tokenizer, messages: list[dict[str, str]], template: str | None = Non
                            f"pass --chat-template chatml or a .jinja file") from None
 
 
+_USER_PROBE = "distill probe user turn"
+
+
+def injected_system(tokenizer, template: str | None = None) -> str | None:
+    """The default system prompt the template adds when the conversation has none (its first words), or None."""
+    text = render(tokenizer, [{"role": "user", "content": _USER_PROBE}], template, add_generation_prompt=True)
+    prefix = text[:text.find(_USER_PROBE)]
+    if "system" not in prefix:
+        return None
+    for token in sorted(set(tokenizer.all_special_tokens) | set(_added(tokenizer)), key=len, reverse=True):
+        prefix = prefix.replace(token, " ")
+    words = " ".join(prefix.replace("system", " ", 1).split())
+    for role in ("user", "assistant"):
+        words = words.removesuffix(role).strip()
+    return words[:80] or "(an empty system turn)"
+
+
+def inference_template(tokenizer) -> TemplateChoice:
+    """The template generation prompts are rendered with: the model's own, unless it injects a default system prompt
+    (then the same family's template without one)."""
+    own = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None
+    if not own:
+        raise DistillError("the model's tokenizer has no chat template; use an instruct/reasoning model (not a base "
+                           "model), or train one with `distill sft`, which saves the template it trained with")
+    system = injected_system(tokenizer, own)
+    if system is None:
+        return TemplateChoice(own, "own", "model's own template")
+    family = _family(tokenizer, own)
+    return TemplateChoice(TRAINING_TEMPLATES[family], family,
+                          f"the model's template injects a default system prompt ({system!r}); rendered with the "
+                          f"{family} template without it (R1 protocol: no system prompt)")
+
+
 def lost_reasoning(tokenizer, template: str | None = None) -> list[int]:
     """1-based assistant turns of the probe whose <think> content did not survive rendering ([] = keeps it)."""
     text = render(tokenizer, PROBE, template)
@@ -135,13 +171,19 @@ def choose_template(tokenizer, mode: str = "auto") -> TemplateChoice:
         return TemplateChoice(text, str(path), f"template from {path}")
     if own:
         lost = lost_reasoning(tokenizer, own)
-        if not lost:
+        system = injected_system(tokenizer, own)
+        if not lost and system is None:
             return TemplateChoice(own, "own", "student's own template (keeps <think> in assistant turns)")
         family = _family(tokenizer, own)
-        why = (f"the student's template deletes the <think> reasoning from assistant turn {lost[0]} of 2"
-               + (" (earlier turns only)" if lost == [1] else ""))
-        choice = TemplateChoice(TRAINING_TEMPLATES[family], family,
-                                f"{why}; switched to the {family} training template, which keeps it")
+        if lost:
+            why = (f"the student's template deletes the <think> reasoning from assistant turn {lost[0]} of 2"
+                   + (" (earlier turns only)" if lost == [1] else ""))
+            fix = "which keeps it"
+        else:
+            why = f"the student's template injects a default system prompt ({system!r})"
+            fix = "without it (R1 protocol: no system prompt; generate and eval render the same way)"
+        choice = TemplateChoice(TRAINING_TEMPLATES[family], family, f"{why}; switched to the {family} training "
+                                f"template, {fix}")
     else:
         family = _family(tokenizer, None)
         choice = TemplateChoice(TRAINING_TEMPLATES[family], family,
