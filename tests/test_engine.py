@@ -49,7 +49,7 @@ def test_engine_streams_each_request_when_it_finishes(vllm_engine):
     from distill.prompts import DEFAULT_TEMPLATE
 
     prompt = vllm_engine.render("What is 1+1?", DEFAULT_TEMPLATE, "auto")
-    assert prompt.prefilled and prompt.ids[-1] == vllm_engine.tokenizer.convert_tokens_to_ids("\n")
+    assert prompt.prefilled and vllm_engine.tokenizer.decode(list(prompt.ids)).endswith("assistant\n<think>\n")
     requests = [Request(key=k, prompt=prompt, n=2, max_tokens=m) for k, m in (("long", 48), ("short", 2))]
     got = list(vllm_engine.generate(requests, Sampling(temperature=1.0, top_p=1.0)))
     assert [req.key for req, _ in got][-1] == "long" or all(len(s) == 2 for _, s in got)

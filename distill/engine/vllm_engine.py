@@ -129,7 +129,9 @@ class VLLMEngine(Engine):
                         for r in batch]
                     ids = self.llm.enqueue([TokensPrompt(prompt_token_ids=list(r.prompt.ids)) for r in batch],
                                            params, use_tqdm=False)
-                    inflight.update(zip(ids, batch))
+                    # enqueue returns the engine's internal ids ("<n>-<8 random chars>"); outputs and abort_request
+                    # use the external ones ("<n>"): tests/test_engine.py fails loudly if that changes.
+                    inflight.update((rid.rsplit("-", 1)[0], r) for rid, r in zip(ids, batch))
                 if not inflight:
                     return
                 for out in core.step():
@@ -138,6 +140,9 @@ class VLLMEngine(Engine):
                         yield req, [Sample(o.text, o.finish_reason or "", len(o.token_ids),
                                            len(out.prompt_token_ids or []))
                                     for o in sorted(out.outputs, key=lambda o: o.index)]
+                if inflight and not core.has_unfinished_requests():
+                    raise RuntimeError(f"vLLM finished {len(inflight)} requests under ids distill did not see (its "
+                                       f"request-id format changed); pin the vllm version in pyproject.toml")
         finally:
             if inflight:  # the caller stopped early (an error, a kill): leave the shared engine empty
                 core.abort_request(list(inflight))
