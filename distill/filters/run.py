@@ -46,7 +46,7 @@ def _schemas():
             ("completion", pa.string()), ("finish_reason", pa.string()), ("num_tokens", pa.int64()),
             ("sample_index", pa.int64()), ("model", pa.string()), ("source", pa.string()),
             ("meta", pa.string()),  # provenance as JSON text: heterogeneous dicts survive the columnar schema
-            ("extracted", pa.string())]
+            ("extracted", pa.string()), ("extracted_by", pa.string())]
     message = pa.struct([("role", pa.string()), ("content", pa.string())])
     kept = pa.schema(base + [("messages", pa.list_(message))])
     rejected = pa.schema(base + [("step", pa.string()), ("reason", pa.string())])
@@ -57,6 +57,7 @@ def _row(item: dataset.Item) -> dict[str, Any]:
     row = item.record.to_dict()
     row["meta"] = json.dumps(row["meta"], ensure_ascii=False, default=str)
     row["extracted"] = item.extracted
+    row["extracted_by"] = item.extracted_by
     return row
 
 
@@ -261,7 +262,8 @@ def run(cfg: FilterConfig) -> dict[str, Any]:
             if name == "answer_correct":
                 from distill.filters.answer import Grader
 
-                grader = Grader(workers=cfg.workers, timeout=cfg.answer_timeout, answer_type=cfg.answer_type)
+                grader = Grader(workers=cfg.workers, timeout=cfg.answer_timeout, answer_type=cfg.answer_type,
+                                extraction=cfg.answer_extraction)
                 stream = dataset.answer_correct(stream, grader, cfg.chunk_size)
             elif name in built:
                 stream = _per_record(stream, built[name])
@@ -292,6 +294,8 @@ def _sink(stream: Iterable[dataset.Item], out: Path, cfg: FilterConfig, plan: da
     tallies: Counter = Counter()
     for item in stream:
         row = _row(item)
+        if item.extracted_by is not None:
+            tallies[("answer_extraction", item.extracted_by)] += 1
         if item.alive:
             row["messages"] = sft_messages(item.record.problem, item.record.completion)
             if plan is not None:
@@ -353,6 +357,10 @@ def _stats(cfg: FilterConfig, names: list[str], n_input: int, tallies: Counter, 
         "steps": rows,
         "decontamination": dict(decon.hits) if decon is not None else {},
         "grader_version": GRADER_VERSION if "answer_correct" in names else None,
+        # the extraction policy in force and how often each of its rules found the answer
+        "answer_extraction": {"policy": cfg.answer_extraction, "extracted_by": {
+            rule: n for (step, rule), n in sorted(tallies.items()) if step == "answer_extraction"}}
+        if "answer_correct" in names else None,
         "source": str(cfg.input),
         "wall_time_s": round(wall, 3),
         "records_per_s": round(n_input / wall, 1) if wall > 0 else None,
