@@ -104,6 +104,9 @@ class FilterConfig(DataSourceMixin):
     answer_timeout: float = opt(5.0, "hard per-record grading timeout in seconds")
     answer_type: str = opt("auto", "how answers compare: auto|integer|number|expression",
                            choices=("auto", "integer", "number", "expression"))
+    answer_extraction: str = opt("boxed", "which answers count: boxed (only a \\boxed{} answer; kept traces teach "
+                                 "the format) | chain (boxed, else 'final answer is', else the final line's math)",
+                                 choices=("boxed", "chain"))
     min_tokens: int = opt(0, "length: drop completions shorter than this many tokens")
     max_tokens: int = opt(16384, "length: drop completions longer than this, 0: no limit (default = sft's max_length)")
     tokenizer: str | None = opt(None, "length: count tokens with this tokenizer (default: num_tokens, else chars/4)")
@@ -167,6 +170,8 @@ class EvalConfig(EngineMixin, DataSourceMixin):
     limit: int | None = opt(None, "only the first K problems of each task")
     answer_type: str = opt("task", "grading mode; task: the task's own (auto for custom tasks)",
                            choices=("task", "auto", "integer", "number", "expression"))
+    answer_extraction: str = opt("chain", "which answers count: chain (boxed, else 'final answer is', else the "
+                                 "final line's math) | boxed (only a \\boxed{} answer)", choices=("chain", "boxed"))
     workers: int | None = opt(None, "grader worker processes (default: all cores)")
     answer_timeout: float = opt(5.0, "hard per-record grading timeout in seconds")
     split: str = opt("test", "custom tasks: split to read from a Hub dataset id")

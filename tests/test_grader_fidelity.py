@@ -1,8 +1,9 @@
 """Our grader against published, labelled model outputs: >= 99% agreement, every disagreement on file.
 
-The responses are graded from scratch (not from the sources' pre-extracted `pred`) with the answer_type the
-matching eval task uses. tests/fixtures/grader_disagreements.yaml lists each disagreement with why; a grader
-change that moves any verdict shows up here. To see the current list: python tests/test_grader_fidelity.py
+The responses are graded from scratch (not from the sources' pre-extracted `pred`) as eval grades them: the
+answer_type the matching eval task uses and eval's extraction policy ("chain": boxed, phrase, last math).
+tests/fixtures/grader_disagreements.yaml lists each disagreement with why; a grader change that moves any verdict
+shows up here. To see the current list: python tests/test_grader_fidelity.py
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ SOURCES = {
 def compare(source: str, workers: int | None = 2) -> dict:
     rows_of, answer_type, _ = SOURCES[source]
     rows = list(rows_of())
-    with Grader(workers=workers, timeout=5.0, answer_type=answer_type) as grader:
+    with Grader(workers=workers, timeout=5.0, answer_type=answer_type, extraction="chain") as grader:
         verdicts = list(grader.grade_many((response, gold) for _, _, response, gold, _ in rows))
     disagreements = [
         {"source": source, "row": row, "sample": sample, "gold": gold, "extracted": v.extracted,

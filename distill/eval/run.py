@@ -204,7 +204,8 @@ def run(cfg: EvalConfig, engine: Engine | None = None) -> dict[str, Any]:
     results = report.build_results(cfg, scores, tasks, generation, grader_version=GRADER_VERSION)
     atomic_write_json(out / RESULTS_FILE, results)
     stats = {"samples": len(samples), "tasks": {name: {"problems": s["problems"], "samples": s["samples"],
-                                                        "reasons": s["reasons"]} for name, s in scores.items()},
+                                                        "reasons": s["reasons"], "extracted_by": s["extracted_by"]}
+                                                 for name, s in scores.items()},
              "clamped_prompts": {name: r.get("clamped_prompts") for name, r in results["results"].items()},
              "wall_s": round(time.time() - started, 3)}
     atomic_write_json(out / "stats.json", stats)

@@ -16,8 +16,8 @@ def grade_records(records: list[Record], grader: Grader, desc: str) -> list[dict
     """Record fields + extracted, correct, reason, graded by the one definition of correct."""
     verdicts = list(tqdm(grader.grade_many((r.completion, r.answer) for r in records), total=len(records),
                          desc=f"grade {desc}", unit="sample"))
-    return [{**r.to_dict(), "task": desc, "extracted": v.extracted, "correct": v.correct, "reason": v.reason}
-            for r, v in zip(records, verdicts)]
+    return [{**r.to_dict(), "task": desc, "extracted": v.extracted, "extracted_by": v.extracted_by,
+             "correct": v.correct, "reason": v.reason} for r, v in zip(records, verdicts)]
 
 
 def by_problem(samples: list[dict]) -> list[list[dict]]:
@@ -66,8 +66,10 @@ def score_task(samples: list[dict], grader: Grader) -> dict[str, Any]:
     answers = [[s["extracted"] or "" for s in g[:n_min]] for g in groups]
     table = equivalence_table(answers, grader) if n_min else {}
     reasons: dict[str, int] = defaultdict(int)
+    extracted_by: dict[str, int] = defaultdict(int)
     for s in samples:
         reasons[s["reason"] or "correct"] += 1
+        extracted_by[s["extracted_by"]] += 1
     return {
         "pass@1": metrics.pass_at_1(correct),
         "pass@k": {k: metrics.mean_pass_at_k(correct, k) for k in metrics.default_ks(n_min)} if n_min else {},
@@ -79,12 +81,14 @@ def score_task(samples: list[dict], grader: Grader) -> dict[str, Any]:
         "truncated": metrics.truncated_share([s["finish_reason"] for s in samples]),
         "tokens": metrics.length_stats([s["num_tokens"] for s in samples], [s["correct"] for s in samples]),
         "reasons": dict(sorted(reasons.items())),
+        "extracted_by": dict(sorted(extracted_by.items())),
         "answer_type": grader.answer_type,
     }
 
 
 def grade_and_score(records: list[Record], task_name: str, answer_type: str, cfg: Any
                     ) -> tuple[list[dict], dict[str, Any]]:
-    with Grader(workers=cfg.workers, timeout=cfg.answer_timeout, answer_type=answer_type) as grader:
+    with Grader(workers=cfg.workers, timeout=cfg.answer_timeout, answer_type=answer_type,
+                extraction=cfg.answer_extraction) as grader:
         samples = grade_records(records, grader, task_name)
         return samples, score_task(samples, grader)

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 class Item:
     record: Record
     extracted: str | None = None  # the grader's extracted answer, once answer_correct has run
+    extracted_by: str | None = None  # the extraction rule that found it (answer.RULES), once graded
     reason: str | None = None  # None while kept
     step: str | None = None  # the step that dropped it
 
@@ -53,7 +54,7 @@ def answer_correct(items: Iterable[Item], grader, chunk_size: int = 10_000) -> I
         live = [x for x in chunk if x.alive]
         verdicts = grader.grade_many((x.record.completion, x.record.answer) for x in live)
         for x, v in zip(live, verdicts, strict=True):  # one verdict per record, or a loud bug
-            x.extracted = v.extracted
+            x.extracted, x.extracted_by = v.extracted, v.extracted_by
             if not v.correct:
                 # Fail closed: a verdict that is not correct but gives no reason still drops.
                 x.drop("answer_correct", v.reason or "answer_error")

@@ -46,7 +46,7 @@ OUTPUT_ENTRIES = {"kept", "rejected", "stats.json", "config.yaml", "hub", "publi
 def _schemas():
     import pyarrow as pa
 
-    base = [("extracted", pa.string())]
+    base = [("extracted", pa.string()), ("extracted_by", pa.string())]
     message = pa.struct([("role", pa.string()), ("content", pa.string())])
     kept = arrow_schema(base + [("messages", pa.list_(message))])
     rejected = arrow_schema(base + [("step", pa.string()), ("reason", pa.string())])
@@ -56,6 +56,7 @@ def _schemas():
 def _row(item: dataset.Item) -> dict[str, Any]:
     row = parquet_row(item.record)
     row["extracted"] = item.extracted
+    row["extracted_by"] = item.extracted_by
     return row
 
 
@@ -233,7 +234,8 @@ def _run(cfg: FilterConfig, names: list[str], out: Path, start: float) -> dict[s
             if name == "answer_correct":
                 from distill.filters.answer import Grader
 
-                grader = Grader(workers=cfg.workers, timeout=cfg.answer_timeout, answer_type=cfg.answer_type)
+                grader = Grader(workers=cfg.workers, timeout=cfg.answer_timeout, answer_type=cfg.answer_type,
+                                extraction=cfg.answer_extraction)
                 stream = dataset.answer_correct(stream, grader, cfg.chunk_size)
             elif name in built:
                 stream = _per_record(stream, built[name])
@@ -260,6 +262,8 @@ def _sink(stream: Iterable[dataset.Item], out: Path, cfg: FilterConfig, plan: da
     tallies: Counter = Counter()
     for item in stream:
         row = _row(item)
+        if item.extracted_by is not None:
+            tallies[("answer_extraction", item.extracted_by)] += 1
         if item.alive:
             row["messages"] = sft_messages(item.record.problem, item.record.completion)
             if plan is not None:
@@ -322,6 +326,10 @@ def _stats(cfg: FilterConfig, names: list[str], n_input: int, tallies: Counter, 
         "steps": rows,
         "decontamination": dict(decon.hits) if decon is not None else {},
         "grader_version": GRADER_VERSION if "answer_correct" in names else None,
+        # the extraction policy in force and how often each of its rules found the answer
+        "answer_extraction": {"policy": cfg.answer_extraction, "extracted_by": {
+            rule: n for (step, rule), n in sorted(tallies.items()) if step == "answer_extraction"}}
+        if "answer_correct" in names else None,
         "source": str(cfg.input),
         "wall_time_s": round(wall, 3),
         "records_per_s": round(n_input / wall, 1) if wall > 0 else None,
