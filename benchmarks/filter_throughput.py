@@ -60,7 +60,7 @@ def anchor(pairs: list[tuple[str, str]]) -> tuple[float, int]:
 
 
 def ours(pairs: list[tuple[str, str]], workers: int) -> tuple[float, float, int]:
-    from distill.filters.answer import Grader
+    from distill.verify.math_pool import MathGrader as Grader
 
     start = time.perf_counter()
     with Grader(workers=workers, timeout=5.0) as grader:

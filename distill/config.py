@@ -88,16 +88,18 @@ class GenerateConfig(EngineMixin, DataSourceMixin):
         return self.teacher_revision
 
 
-# The filter steps, in their default order (filters/run.py maps each name to its implementation).
-FILTER_STEPS = ("finished", "think_format", "answer_correct", "length", "repetition", "language", "dedup",
-                "decontaminate", "select")
+# The filter steps (filters/run.py maps each name to its implementation), and the default pipeline: math traces.
+FILTER_STEPS = ("finished", "think_format", "answer_correct", "code_correct", "length", "repetition", "language",
+                "dedup", "decontaminate", "select")
+DEFAULT_FILTER_STEPS = tuple(s for s in FILTER_STEPS if s != "code_correct")
 
 
 @dataclass
 class FilterConfig(DataSourceMixin):
     input: str = opt("", "generate output dir, or a JSONL/Parquet/Hub dataset of records", positional=True, required=True)
     out: str = opt("", "output directory (kept/, rejected/, stats.json)", required=True)
-    steps: list[str] = opt(list(FILTER_STEPS), "comma-separated filter steps, in order")
+    steps: list[str] = opt(list(DEFAULT_FILTER_STEPS), "comma-separated filter steps, in order (code datasets: "
+                                                       "code_correct in place of answer_correct)")
     completion_key: str = opt("completion", "column holding the model completion")
     format: str | None = opt(None, "input format of a published dataset (default: detect)")
     workers: int | None = opt(None, "grader worker processes (default: all cores)")
@@ -170,6 +172,8 @@ class EvalConfig(EngineMixin, DataSourceMixin):
     limit: int | None = opt(None, "only the first K problems of each task")
     answer_type: str = opt("task", "grading mode; task: the task's own (auto for custom tasks)",
                            choices=("task", "auto", "integer", "number", "expression"))
+    verifier: str = opt("task", "how samples are graded: task (the task's own; math for data files) | math | code",
+                        choices=("task", "math", "code"))
     answer_extraction: str = opt("chain", "which answers count: chain (boxed, else 'final answer is', else the "
                                  "final line's math) | boxed (only a \\boxed{} answer)", choices=("chain", "boxed"))
     workers: int | None = opt(None, "grader worker processes (default: all cores)")

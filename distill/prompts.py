@@ -97,40 +97,62 @@ def answer_part(completion: str) -> str:
 
 
 _BOX = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
+_TOKEN = re.compile(r"[^\s$]+")
+
+
+def boxes(text: str) -> list[tuple[int, int, str | None]]:
+    """(start, end, content) of every top-level `\\boxed{…}` / `\\fbox{…}` in `text`, in order; content None for a
+    box that is empty or never closes (it then runs to the end of the text)."""
+    found, pos = [], 0
+    while (m := _BOX.search(text, pos)) is not None:
+        content, end = box_content(text, m.end())
+        found.append((m.start(), end, content))
+        pos = end
+    return found
 
 
 def last_boxed(text: str) -> str | None:
-    """The content of the last `\\boxed{…}` / `\\fbox{…}` of the answer part (balanced braces; `\\boxed 5` too);
-    None when there is none or the last one never closes."""
-    part = answer_part(text)
-    last = None
-    for last in _BOX.finditer(part):
-        pass
-    return box_content(part, last.end()) if last is not None else None
+    """The content of the last box of the answer part (see `answer_part`); None when there is none or it is
+    empty or unclosed."""
+    found = boxes(answer_part(text))
+    return found[-1][2] if found else None
 
 
-def box_content(text: str, start: int) -> str | None:
-    """The braced (or single-token) argument of a box starting at `start`; None if empty or unclosed."""
+def box_content(text: str, start: int) -> tuple[str | None, int]:
+    """(content or None, index after the box) of the box whose command ends at `start`: balanced braces,
+    `\\boxed 5` (one token) too."""
     i = start
     while i < len(text) and text[i] in " \t":
         i += 1
     if i == len(text):
-        return None
+        return None, len(text)
     if text[i] != "{":  # "\boxed 5": one token
-        token = re.match(r"[^\s$]+", text[i:])
-        return token.group(0) if token else None
+        token = _TOKEN.match(text, i)
+        return (token.group(0), token.end()) if token else (None, i)
+    closed = _closing_brace(text, i, escapes=True)
+    if closed is None:
+        # "\boxed{185\}": a stray backslash before the closing brace, not a literal brace
+        closed = _closing_brace(text, i, escapes=False)
+        if closed is None:
+            return None, len(text)
+    content = text[i + 1:closed].strip()
+    content = content.rstrip("\\").strip() if not content.endswith("\\\\") else content[:-2].strip()
+    return content or None, closed + 1
+
+
+def _closing_brace(text: str, i: int, escapes: bool) -> int | None:
     depth, j = 0, i
     while j < len(text):
         c = text[j]
-        if c == "\\":  # \{ and \} are literal braces, not grouping
-            j += 2
+        if c == "\\" and (escapes or text[j + 1:j + 2] not in ("{", "}")):
+            j += 2  # \{ and \} are literal braces, not grouping
             continue
         if c == "{":
             depth += 1
         elif c == "}":
             depth -= 1
             if depth == 0:
-                return text[i + 1:j].strip() or None
+                return j
         j += 1
     return None
 

@@ -16,17 +16,13 @@ import pytest
 from distill.config import EvalConfig, FilterConfig, build_config
 from distill.data.io import write_jsonl
 from distill.errors import DistillError
-from distill.filters import answer
-from distill.filters.answer import (
-    GRADER_VERSION,
-    REASONS,
-    Grader,
-    Verdict,
-    answer_part,
-    extract,
-    extract_answer,
-    grade,
-)
+from distill.prompts import answer_part
+from distill.verify import Verdict
+from distill.verify import math as answer
+from distill.verify import math_pool
+from distill.verify.math import GRADER_VERSION, REASONS, extract, grade
+from distill.verify.math_extract import extract_answer
+from distill.verify.math_pool import MathGrader as Grader
 
 
 @pytest.mark.parametrize(
@@ -489,7 +485,7 @@ CRASH, HANG = "<crash the worker>", "<hang past any signal>"
 def _crash_or_grade(items, *args):
     if any(completion == CRASH for completion, _ in items):
         os._exit(70)  # dies like a segfault would: no exception, no result
-    return answer._grade_batch(items, *args)
+    return math_pool._grade_batch(items, *args)
 
 
 def _hang_or_grade(items, *args):
@@ -497,7 +493,7 @@ def _hang_or_grade(items, *args):
         # Like a huge integer power in C: SIGALRM cannot interrupt it, only a kill ends it.
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
         time.sleep(120)
-    return answer._grade_batch(items, *args)
+    return math_pool._grade_batch(items, *args)
 
 
 @pytest.fixture
@@ -507,7 +503,7 @@ def fast_grader():
 
 
 def test_worker_crash_is_a_reason_and_the_run_goes_on(fast_grader, monkeypatch):
-    monkeypatch.setattr(answer, "_grade_batch", _crash_or_grade)
+    monkeypatch.setattr(math_pool, "_grade_batch", _crash_or_grade)
     items = [("\\boxed{1}", "1"), (CRASH, "2"), ("\\boxed{3}", "3"), ("\\boxed{5}", "4"), ("\\boxed{5}", "5")]
     verdicts = list(fast_grader.grade_many(items, chunk_size=2))
     assert [(v.correct, v.reason) for v in verdicts] == [
@@ -517,7 +513,7 @@ def test_worker_crash_is_a_reason_and_the_run_goes_on(fast_grader, monkeypatch):
 
 
 def test_uninterruptible_record_is_killed_and_times_out(fast_grader, monkeypatch):
-    monkeypatch.setattr(answer, "_grade_batch", _hang_or_grade)
+    monkeypatch.setattr(math_pool, "_grade_batch", _hang_or_grade)
     items = [("\\boxed{1}", "1"), (HANG, "2"), ("\\boxed{3}", "3")]
     start = time.monotonic()
     verdicts = list(fast_grader.grade_many(items, chunk_size=3))

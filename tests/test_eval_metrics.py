@@ -8,7 +8,7 @@ import math
 import pytest
 
 from distill.eval import metrics
-from distill.filters.answer import grade
+from distill.verify.math import grade
 
 
 def brute_pass_at_k(n: int, c: int, k: int) -> float:

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from distill.cli import main
-from distill.config import FILTER_STEPS, FilterConfig, build_config, load_config
+from distill.config import DEFAULT_FILTER_STEPS, FilterConfig, build_config, load_config
 from distill.errors import DistillError
 from distill.filters.run import funnel_table, run
 from distill.prompts import sft_messages
@@ -118,7 +118,7 @@ def test_stats_funnel_is_consistent(full_run):
     out, stats = full_run
     on_disk = json.loads((out / "stats.json").read_text())
     assert on_disk["input"] == len(RECORDS) and on_disk["kept"] == len(KEPT) and on_disk["invalid"] == 0
-    assert [s["name"] for s in on_disk["steps"]] == list(FILTER_STEPS)
+    assert [s["name"] for s in on_disk["steps"]] == list(DEFAULT_FILTER_STEPS)
     prev_out = on_disk["input"]
     for step in on_disk["steps"]:
         assert step["in"] == prev_out

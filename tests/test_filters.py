@@ -14,7 +14,7 @@ from distill.filters.dataset import (
     Dedup,
     Item,
     SelectPlan,
-    answer_correct,
+    verified,
 )
 from distill.filters.steps import (
     Finished,
@@ -258,27 +258,27 @@ def test_select_random_is_seeded_and_order_free():
     assert any(chosen(s, recs) != chosen(0, recs) for s in range(1, 6))
 
 
-# ---------------------------------------------------------------- answer_correct over the Grader
+# ---------------------------------------------------------------- answer_correct over a verifier
 
 
-class FakeGrader:
-    """Stands in for Grader in this unit test only (the real one runs in test_filter_run)."""
+class FakeVerifier:
+    """Stands in for a verifier in this unit test only (the real one runs in test_filter_run)."""
 
     def __init__(self, verdicts):
         self.verdicts = iter(verdicts)
 
-    def grade_many(self, pairs):
-        from distill.filters.answer import Verdict
+    def verify_many(self, records):
+        from distill.verify import Verdict
 
-        for (completion, _gold), (ok, reason) in zip(list(pairs), self.verdicts, strict=False):
-            yield Verdict(ok, reason, completion[-1])
+        for record, (ok, reason) in zip(list(records), self.verdicts, strict=False):
+            yield Verdict(ok, reason, record.completion[-1])
 
 
 def test_answer_correct_grades_only_live_items_in_order():
     items = [Item(r("a1")), Item(r("b2")), Item(r("c3")), Item(r("d4"))]
     items[1].drop("finished", "truncated")
-    grader = FakeGrader([(True, ""), (False, "answer_timeout"), (False, "")])
-    out = list(answer_correct(items, grader, chunk_size=2))
+    verifier = FakeVerifier([(True, ""), (False, "answer_timeout"), (False, "")])
+    out = list(verified(items, verifier, "answer_correct", chunk_size=2))
     assert [x.record.completion for x in out] == ["a1", "b2", "c3", "d4"]
     assert [(x.step, x.reason, x.extracted) for x in out] == [
         (None, None, "1"), ("finished", "truncated", None), ("answer_correct", "answer_timeout", "3"),

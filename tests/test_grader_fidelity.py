@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from distill.filters.answer import Grader
+from distill.verify.math_pool import MathGrader as Grader
 
 EXTERNAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "external"
 FIXTURE = Path(__file__).parent / "fixtures" / "grader_disagreements.yaml"

@@ -23,7 +23,7 @@ from distill.engine import Engine, make_engine
 from distill.errors import DistillError
 from distill.eval import budget, report
 from distill.eval.score import grade_and_score
-from distill.filters.answer import GRADER_VERSION
+from distill.verify.math import GRADER_VERSION
 from distill.tasks import TASKS, get_task
 
 log = logging.getLogger(__name__)
@@ -43,24 +43,26 @@ class EvalTask:
     dataset: str  # what the reader reads (a task name, a path, a Hub id)
     bundled: bool
     answer_type: str
+    verifier: str = "math"
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
 def resolve_task(name: str, cfg: EvalConfig) -> EvalTask:
     answer_type = None if cfg.answer_type == "task" else cfg.answer_type
+    verifier = None if cfg.verifier == "task" else cfg.verifier
     if name in TASKS and not Path(name).exists():
         task = get_task(name)
-        return EvalTask(name, name, True, answer_type or task.answer_type, {
+        return EvalTask(name, name, True, answer_type or task.answer_type, verifier or task.verifier, {
             "bundled": True, "version": task.version, "rows": task.rows, "data_sha256": task.sha256,
-            "yaml_sha256": task.yaml_sha256, "source": task.source, "verifier": task.verifier})
+            "yaml_sha256": task.yaml_sha256, "source": task.source})
     path = Path(name)
     if path.is_file():
-        return EvalTask(path.stem, str(path), False, answer_type or "auto", {
+        return EvalTask(path.stem, str(path), False, answer_type or "auto", verifier or "math", {
             "bundled": False, "data_sha256": report.sha256_file(path), "path": str(path.resolve())})
     if path.suffix or name.startswith((".", "/", "~")) or "/" not in name:
         raise DistillError(f"task {name!r}: not a bundled task and no such file; bundled tasks: {', '.join(TASKS)}")
     # A Hub dataset id: pinned by --revision, hashed by nobody (the revision is the provenance).
-    return EvalTask(name.replace("/", "__"), name, False, answer_type or "auto", {
+    return EvalTask(name.replace("/", "__"), name, False, answer_type or "auto", verifier or "math", {
         "bundled": False, "hub_id": name, "split": cfg.split, "subset": cfg.subset, "revision": cfg.revision})
 
 
@@ -90,6 +92,7 @@ def completions_records(cfg: EvalConfig) -> tuple[EvalTask, list[Record]]:
     else:
         task = EvalTask(Path(cfg.completions).stem, "", False,
                         "auto" if cfg.answer_type == "task" else cfg.answer_type,
+                        "math" if cfg.verifier == "task" else cfg.verifier,
                         {"bundled": False, "data_sha256": report.sha256_file(cfg.completions)})
     task.provenance["completions"] = str(cfg.completions)
     options = data_options(cfg)
@@ -175,8 +178,8 @@ def run(cfg: EvalConfig, engine: Engine | None = None) -> dict[str, Any]:
         task, records = completions_records(cfg)
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out)
-        tasks[task.name] = {**task.provenance, "answer_type": task.answer_type}
-        graded, scores[task.name] = grade_and_score(records, task.name, task.answer_type, cfg)
+        tasks[task.name] = {**task.provenance, "answer_type": task.answer_type, "verifier": task.verifier}
+        graded, scores[task.name] = grade_and_score(records, task.name, task.verifier, task.answer_type, cfg)
         samples.extend(graded)
     else:
         if not cfg.model:
@@ -194,8 +197,8 @@ def run(cfg: EvalConfig, engine: Engine | None = None) -> dict[str, Any]:
         try:
             for task in resolved:
                 records, generation[task.name] = generate_task(cfg, task, engine)
-                tasks[task.name] = {**task.provenance, "answer_type": task.answer_type}
-                graded, scores[task.name] = grade_and_score(records, task.name, task.answer_type, cfg)
+                tasks[task.name] = {**task.provenance, "answer_type": task.answer_type, "verifier": task.verifier}
+                graded, scores[task.name] = grade_and_score(records, task.name, task.verifier, task.answer_type, cfg)
                 samples.extend(graded)
         finally:
             if own:

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from types import SimpleNamespace
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from distill.data.record import Record
 from distill.eval import metrics
-from distill.filters.answer import Grader
+from distill.verify import Verifier, make_verifier
 
 
-def grade_records(records: list[Record], grader: Grader, desc: str) -> list[dict]:
-    """Record fields + extracted, correct, reason, graded by the one definition of correct."""
-    verdicts = list(tqdm(grader.grade_many((r.completion, r.answer) for r in records), total=len(records),
-                         desc=f"grade {desc}", unit="sample"))
+def grade_records(records: list[Record], verifier: Verifier, desc: str) -> list[dict]:
+    """Record fields + extracted, correct, reason, graded by the task's verifier (the one definition of correct)."""
+    verdicts = list(tqdm(verifier.verify_many(records), total=len(records), desc=f"grade {desc}", unit="sample"))
     return [{**r.to_dict(), "task": desc, "extracted": v.extracted, "extracted_by": v.extracted_by,
              "correct": v.correct, "reason": v.reason} for r, v in zip(records, verdicts)]
 
@@ -28,7 +28,7 @@ def by_problem(samples: list[dict]) -> list[list[dict]]:
     return [sorted(g, key=lambda s: s["sample_index"]) for g in groups.values()]
 
 
-def equivalence_table(answers_per_problem: list[list[str]], grader: Grader) -> dict:
+def equivalence_table(answers_per_problem: list[list[str]], grader) -> dict:
     """{(answer, representative): equivalent?} for exactly the comparisons `metrics.vote` makes.
 
     Greedy clustering runs in rounds over all problems at once: each round compares every problem's next distinct
@@ -57,14 +57,16 @@ def equivalence_table(answers_per_problem: list[list[str]], grader: Grader) -> d
     return table
 
 
-def score_task(samples: list[dict], grader: Grader) -> dict[str, Any]:
-    """Every metric of one task (fractions; report.py shows percent)."""
+def score_task(samples: list[dict], verifier: Verifier) -> dict[str, Any]:
+    """Every metric of one task (fractions; report.py shows percent). cons@k (majority vote over equivalent answers)
+    is defined for math answers only."""
     groups = by_problem(samples)
     correct = [[bool(s["correct"]) for s in g] for g in groups]
     ns = sorted({len(g) for g in groups})
     n_min = ns[0] if ns else 0
     answers = [[s["extracted"] or "" for s in g[:n_min]] for g in groups]
-    table = equivalence_table(answers, grader) if n_min else {}
+    votes = n_min and verifier.name == "math"
+    table = equivalence_table(answers, verifier) if votes else {}
     reasons: dict[str, int] = defaultdict(int)
     extracted_by: dict[str, int] = defaultdict(int)
     for s in samples:
@@ -74,7 +76,7 @@ def score_task(samples: list[dict], grader: Grader) -> dict[str, Any]:
         "pass@1": metrics.pass_at_1(correct),
         "pass@k": {k: metrics.mean_pass_at_k(correct, k) for k in metrics.default_ks(n_min)} if n_min else {},
         "cons@k": {n_min: metrics.cons_at_k(answers, correct, n_min, lambda a, b: table.get((a, b), False))}
-        if n_min else {},
+        if votes else {},
         "n": n_min if len(ns) == 1 else ns,
         "problems": len(groups),
         "samples": len(samples),
@@ -82,13 +84,15 @@ def score_task(samples: list[dict], grader: Grader) -> dict[str, Any]:
         "tokens": metrics.length_stats([s["num_tokens"] for s in samples], [s["correct"] for s in samples]),
         "reasons": dict(sorted(reasons.items())),
         "extracted_by": dict(sorted(extracted_by.items())),
-        "answer_type": grader.answer_type,
+        "answer_type": getattr(verifier, "answer_type", None),
+        "verifier": verifier.name,
     }
 
 
-def grade_and_score(records: list[Record], task_name: str, answer_type: str, cfg: Any
+def grade_and_score(records: list[Record], task_name: str, verifier: str, answer_type: str, cfg: Any
                     ) -> tuple[list[dict], dict[str, Any]]:
-    with Grader(workers=cfg.workers, timeout=cfg.answer_timeout, answer_type=answer_type,
-                extraction=cfg.answer_extraction) as grader:
-        samples = grade_records(records, grader, task_name)
-        return samples, score_task(samples, grader)
+    options = SimpleNamespace(workers=cfg.workers, answer_timeout=cfg.answer_timeout, answer_type=answer_type,
+                              answer_extraction=cfg.answer_extraction)
+    with make_verifier(verifier, options) as v:
+        samples = grade_records(records, v, task_name)
+        return samples, score_task(samples, v)

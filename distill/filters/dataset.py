@@ -1,4 +1,5 @@
-"""Dataset-level steps as generators over a stream of Items: answer_correct (batched over the Grader),
+"""Dataset-level steps as generators over a stream of Items: answer_correct / code_correct (batched over a
+verifier),
 dedup, decontaminate, and the per-problem cap `select`.
 
 Items flow through every step in input order; a dropped item passes through the later steps untouched
@@ -43,21 +44,21 @@ class Item:
         self.step, self.reason = step, reason
 
 
-# ---------------------------------------------------------------- answer_correct
+# ---------------------------------------------------------------- answer_correct, code_correct
 
 
-def answer_correct(items: Iterable[Item], grader, chunk_size: int = 10_000) -> Iterator[Item]:
-    """Grade live items chunk by chunk with `Grader.grade_many` (all cores, hard timeout per record);
-    the Verdict's reason is the drop reason, its extracted answer is kept on every graded item."""
+def verified(items: Iterable[Item], verifier, step: str, chunk_size: int = 10_000) -> Iterator[Item]:
+    """Grade live items chunk by chunk with the verifier's `verify_many` (all cores, hard timeouts); the
+    Verdict's reason is the drop reason, its extracted answer is kept on every graded item."""
     it = iter(items)
     while chunk := list(itertools.islice(it, chunk_size)):
         live = [x for x in chunk if x.alive]
-        verdicts = grader.grade_many((x.record.completion, x.record.answer) for x in live)
+        verdicts = verifier.verify_many(x.record for x in live)
         for x, v in zip(live, verdicts, strict=True):  # one verdict per record, or a loud bug
             x.extracted, x.extracted_by = v.extracted, v.extracted_by
             if not v.correct:
                 # Fail closed: a verdict that is not correct but gives no reason still drops.
-                x.drop("answer_correct", v.reason or "answer_error")
+                x.drop(step, v.reason or "answer_error")
         yield from chunk
 
 

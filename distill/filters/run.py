@@ -32,9 +32,12 @@ from distill.data.record import arrow_schema, parquet_row
 from distill.errors import DistillError
 from distill.filters import dataset, steps
 from distill.prompts import sft_messages
+from distill.verify import make_verifier
 
 log = logging.getLogger(__name__)
 
+# Steps that grade with a verifier (distill.verify): step name → verifier name.
+VERIFIED_STEPS = {"answer_correct": "math", "code_correct": "code"}
 # Flush an output file at chunk_size rows or at this many text bytes, whichever comes first.
 PART_BYTES = 128 << 20
 # What a filter output folder holds; anything else in --out is the user's and is never moved or deleted.
@@ -227,22 +230,19 @@ def _run(cfg: FilterConfig, names: list[str], out: Path, start: float) -> dict[s
             n_input += 1
             yield dataset.Item(record)
 
-    grader = None
+    verifiers = []
     stream: Iterable[dataset.Item] = items()
     try:
         for name in names:
-            if name == "answer_correct":
-                from distill.filters.answer import Grader
-
-                grader = Grader(workers=cfg.workers, timeout=cfg.answer_timeout, answer_type=cfg.answer_type,
-                                extraction=cfg.answer_extraction)
-                stream = dataset.answer_correct(stream, grader, cfg.chunk_size)
+            if name in VERIFIED_STEPS:
+                verifiers.append(make_verifier(VERIFIED_STEPS[name], cfg))
+                stream = dataset.verified(stream, verifiers[-1], name, cfg.chunk_size)
             elif name in built:
                 stream = _per_record(stream, built[name])
         tallies = _sink(stream, out, cfg, plan, counter)
     finally:
-        if grader is not None:
-            grader.close()
+        for verifier in verifiers:
+            verifier.close()
 
     if n_input == 0:
         what = f"all {read_stats['invalid']} rows were invalid" if read_stats.get("invalid") else "it is empty"
@@ -308,7 +308,7 @@ def _select_pass(pending_dir: Path, plan: dataset.SelectPlan, kept: PartWriter, 
 
 def _stats(cfg: FilterConfig, names: list[str], n_input: int, tallies: Counter, read_stats: dict[str, int],
            built: dict[str, Any], wall: float) -> dict[str, Any]:
-    from distill.filters.answer import GRADER_VERSION
+    from distill.verify.math import GRADER_VERSION
 
     rows, alive = [], n_input
     for name in names:
