@@ -342,8 +342,11 @@ def config_dict(cfg: Any) -> dict[str, Any]:
 
 
 def save_config(cfg: Any, out_dir: str | Path, name: str = "config.yaml") -> Path:
-    """Write the resolved config beside the outputs (atomically) so a run can be repeated exactly."""
+    """Write the resolved config beside the outputs (atomically) so a run can be repeated exactly; credentials in
+    URLs (--base-url http://user:pass@host) are replaced by *** (the key itself is never a config value)."""
     from distill.data.io import atomic_write_text
+    from distill.redact import redact_url
 
-    text = yaml.safe_dump(config_dict(cfg), sort_keys=False, allow_unicode=True)
+    values = {k: redact_url(v) if isinstance(v, str) else v for k, v in config_dict(cfg).items()}
+    text = yaml.safe_dump(values, sort_keys=False, allow_unicode=True)
     return atomic_write_text(Path(out_dir) / name, text)

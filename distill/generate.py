@@ -126,7 +126,7 @@ def dataset_fingerprint(problems: list[Problem]) -> str:
 
 
 def build_manifest(cfg: GenerateConfig, source: str, problems: list[Problem], template: str,
-                   fingerprint: str | None, chat_template: str | None) -> dict[str, Any]:
+                   fingerprint: str | None, chat_template: str | None, chat_note: str = "") -> dict[str, Any]:
     """`resume_key` holds everything that changes outputs: a resume must match it exactly."""
     return {
         "resume_key": {
@@ -148,6 +148,7 @@ def build_manifest(cfg: GenerateConfig, source: str, problems: list[Problem], te
             "thinking_budget": cfg.thinking_budget,
         },
         "dataset": cfg.dataset,
+        "chat_template_note": chat_note,
         "backend": cfg.backend,
         "base_url": redact_url(cfg.base_url),
         "versions": package_versions(),
@@ -257,9 +258,9 @@ def run(cfg: GenerateConfig, engine: Engine | None = None) -> dict[str, Any]:
     out_dir = output_dir(cfg)
 
     # The resume key is checked before an engine starts: a refused resume costs seconds, not an engine start.
-    ident = model_identity(cfg.teacher, cfg, "--teacher")
-    chat_template = engine.chat_template() if engine is not None else ident.chat_template
-    manifest = build_manifest(cfg, source, problems, template, ident.fingerprint, chat_template)
+    ident = engine.identity() if engine is not None else model_identity(cfg.teacher, cfg, "--teacher")
+    manifest = build_manifest(cfg, source, problems, template, ident.fingerprint, ident.chat_template,
+                              ident.chat_template_note)
     prepare_out_dir(cfg, out_dir, manifest)
 
     stats: dict[str, Any] = {
@@ -292,10 +293,7 @@ def run(cfg: GenerateConfig, engine: Engine | None = None) -> dict[str, Any]:
         own = engine is None
         engine = engine or make_engine(cfg.teacher, cfg, "--teacher")
         try:
-            # Pinned only once work starts: a run that fails before writing anything leaves no manifest behind.
-            atomic_write_json(out_dir / MANIFEST, manifest)
-            save_config(cfg, out_dir)
-            _generate(cfg, engine, template, source, chunks, pending, out_dir, stats)
+            _generate(cfg, engine, template, source, chunks, pending, out_dir, stats, manifest)
         finally:
             stats["retries"] = getattr(engine, "retries", 0)
             if own:
@@ -324,8 +322,10 @@ def run(cfg: GenerateConfig, engine: Engine | None = None) -> dict[str, Any]:
 
 
 def _generate(cfg: GenerateConfig, engine: Engine, template: str, source: str, chunks: list[list[Problem]],
-              pending: list[int], out_dir: Path, stats: dict[str, Any]) -> None:
-    """Every pending chunk's requests go to the engine in one stream; each chunk is written when it is complete."""
+              pending: list[int], out_dir: Path, stats: dict[str, Any], manifest: dict[str, Any]) -> None:
+    """Every pending chunk's requests go to the engine in one stream; each chunk is written when it is complete.
+    The manifest (which pins the config for resumes) is written with the first chunk: a run that fails before
+    writing anything pins nothing."""
     todo = [p for k in pending for p in chunks[k]]
     rendered = [engine.render(p.problem, template, cfg.think_prefill) for p in todo]
     lens = [len(r.ids) if r.ids is not None else 0 for r in rendered]
@@ -346,6 +346,9 @@ def _generate(cfg: GenerateConfig, engine: Engine, template: str, source: str, c
             got = parts.setdefault(k, {})
             got[j] = sample_records(cfg, cfg.teacher, source, problem, samples, prompt.prefilled, limit)
             if len(got) == len(chunks[k]):
+                if not (out_dir / MANIFEST).is_file() or not stats["chunks_written"]:
+                    atomic_write_json(out_dir / MANIFEST, manifest)
+                    save_config(cfg, out_dir)
                 records = [r for i in range(len(chunks[k])) for r in got[i]]
                 write_jsonl(chunk_path(out_dir, k), records)  # temp file + fsync + rename: whole or nothing
                 del parts[k]

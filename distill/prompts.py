@@ -50,17 +50,20 @@ def with_think_prefix(completion: str, prefilled: bool) -> str:
     return THINK_PREFILL + completion if prefilled and not completion.lstrip().startswith(THINK_OPEN) else completion
 
 
-def generation_prompt(tokenizer, problem: str, template: str = DEFAULT_TEMPLATE, think_prefill: str = "auto") -> tuple[str, bool]:
-    """The teacher's own chat template with add_generation_prompt, then the '<think>\\n' prefill.
+def generation_prompt(tokenizer, problem: str, template: str = DEFAULT_TEMPLATE, think_prefill: str = "auto",
+                      chat_template: str | None = None) -> tuple[str, bool]:
+    """The chat template (`chat_template`, else the tokenizer's own) with add_generation_prompt, then the
+    '<think>\\n' prefill.
 
     Returns (prompt text, prefilled): prefilled says the engine's text starts inside the thought.
     A template that already ends with '<think>' (R1-distill templates do) is never prefilled twice. Otherwise:
     on appends '<think>\\n'; off renders the template untouched; auto appends it when '<think>' is one token of
     the teacher's vocabulary (a reasoning teacher), and not for a teacher that would see it as stray characters.
     """
-    if not getattr(tokenizer, "chat_template", None):
+    if not (chat_template or getattr(tokenizer, "chat_template", None)):
         raise DistillError("teacher tokenizer has no chat template; use an instruct/reasoning model (not a base model)")
-    text = tokenizer.apply_chat_template(chat_messages(problem, template), tokenize=False, add_generation_prompt=True)
+    text = tokenizer.apply_chat_template(chat_messages(problem, template), chat_template=chat_template,
+                                         tokenize=False, add_generation_prompt=True)
     if text.rstrip().endswith(THINK_OPEN):
         return text, True
     if think_prefill == "on" or (think_prefill == "auto" and THINK_OPEN in tokenizer.get_vocab()):

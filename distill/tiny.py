@@ -6,12 +6,14 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
+from distill.prompts import THINK_CLOSE, THINK_OPEN
+
 log = logging.getLogger(__name__)
 
 CONTROL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # As in Qwen3's and DeepSeek-R1's tokenizers, <think>/</think> are added tokens but not "special": decoding with
 # skip_special_tokens (vLLM's default) keeps them in the text.
-THINK_TOKENS = ["<think>", "</think>"]
+THINK_TOKENS = [THINK_OPEN, THINK_CLOSE]
 SPECIAL_TOKENS = CONTROL_TOKENS + THINK_TOKENS
 
 # ChatML, as Qwen2.5 uses it, keeping <think> in assistant turns; an optional system turn.

@@ -277,7 +277,7 @@ def test_custom_task_counts_clamped_prompts(vllm_engine, tiny_tokenizer, tmp_pat
     r = run(cfg, engine=vllm_engine)["results"]["long"]
     assert r["clamped_prompts"] == 1 and r["problems"] == 2
     samples = read_jsonl(out / "samples.jsonl")
-    assert samples[1]["num_tokens"] < 16 and samples[1]["meta"]["max_tokens"] < 16
+    assert samples[1]["num_tokens"] < 16 and samples[1]["max_tokens"] < 16
     assert json.loads((out / "stats.json").read_text())["clamped_prompts"] == {"long": 1}
 
 

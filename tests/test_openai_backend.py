@@ -20,6 +20,7 @@ import pytest
 from distill import prompts
 from distill.config import GenerateConfig
 from distill.data.io import read_records
+from distill.data.record import content_id
 from distill.errors import DistillError
 from distill.generate import run
 
@@ -180,7 +181,8 @@ def test_every_record_arrives_exactly_once_through_faults(tmp_path, proxy, monke
     cfg = _cfg(tmp_path, proxy.server_address[1])
     stats = run(cfg)
     ids = [r.id for r in read_records(tmp_path / "out")]
-    assert sorted(ids) == sorted(f"probs/{i}/{j}" for i in range(4) for j in range(2))
+    expected = [f"probs/{content_id(f'What is {i} + {i}?')}/{j}" for i in range(4) for j in range(2)]
+    assert sorted(ids) == sorted(expected)
     assert all(proxy.faults[k] >= 1 for k in proxy.faults), proxy.faults
     assert stats["retries"] >= sum(proxy.faults.values())  # each injected fault cost exactly one retry
     assert json.loads((tmp_path / "out" / "stats.json").read_text())["retries"] == stats["retries"]

@@ -24,12 +24,23 @@ NOT_ROWS = ("manifest.json", "stats.json", "results.json", "preflight.json")
 # ---------------------------------------------------------------- atomic writers
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Files get the mode the user's umask gives (mkstemp's temp files are 0600): read once, at import.
+FILE_MODE = 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8"):
     """Write to a temp file beside `path`, fsync, then rename: readers see the old file or the new one, never half."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, FILE_MODE)
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as f:
             yield f
@@ -95,7 +106,8 @@ def iter_rows(source: str | Path, split: str = "train", subset: str | None = Non
               skip_invalid: bool = False, stats: dict[str, int] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield (where, row) with `where` = "file:line" (or "file:row N"), for error messages that point at the row.
 
-    `source` is a file, a folder of row files (e.g. a generate output), a bundled task name, or a Hub dataset id.
+    `source` is a file, a folder of row files (e.g. a generate output), or a Hub dataset id (bundled task names
+    are the reader's: data/reader.py).
     Malformed rows raise, or with skip_invalid are counted in stats["invalid"] and logged.
     """
     path = Path(source)
@@ -110,16 +122,10 @@ def iter_rows(source: str | Path, split: str = "train", subset: str | None = Non
                 yield from _iter_file(f, skip_invalid, stats)
         else:
             yield from _iter_hub(str(source), split, subset, revision)
+    elif path.suffix in ROW_SUFFIXES or str(source).startswith((".", "/", "~")):
+        raise DistillError(f"{source}: file not found; check the path")
     else:
-        from distill.tasks import TASKS, load_task
-
-        if str(source) in TASKS:
-            for i, row in enumerate(load_task(str(source))):
-                yield f"task {source}:row {i}", row
-        elif path.suffix in ROW_SUFFIXES or str(source).startswith((".", "/", "~")):
-            raise DistillError(f"{source}: file not found; check the path")
-        else:
-            yield from _iter_hub(str(source), split, subset, revision)
+        yield from _iter_hub(str(source), split, subset, revision)
 
 
 def _iter_file(path: Path, skip_invalid: bool, stats: dict[str, int] | None) -> Iterator[tuple[str, dict[str, Any]]]:

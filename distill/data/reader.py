@@ -76,6 +76,18 @@ def _is_task(source: str | Path) -> bool:
     return str(source) in TASKS and not Path(source).exists()
 
 
+def rows(source: str | Path, split: str = "train", subset: str | None = None, revision: str | None = None,
+         skip_invalid: bool = False, stats: dict[str, int] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(where, row) of any input: a bundled task's rows, else data/io.iter_rows (files, folders, Hub ids)."""
+    if _is_task(source):
+        from distill.tasks import load_task
+
+        for i, row in enumerate(load_task(str(source))):
+            yield f"task {source}:row {i}", row
+    else:
+        yield from iter_rows(source, split, subset, revision, skip_invalid, stats)
+
+
 def read_problems(source: str | Path, problem_key: str = "problem", answer_key: str = "answer",
                   id_key: str | None = None, split: str = "train", subset: str | None = None,
                   revision: str | None = None, limit: int | None = None) -> list[Problem]:
@@ -89,7 +101,7 @@ def read_problems(source: str | Path, problem_key: str = "problem", answer_key: 
     columns = {"problem_key": problem_key, "answer_key": answer_key}
     if id_key:
         columns["id_key"] = id_key
-    for where, row in iter_rows(resolve_input(source), split, subset, revision):
+    for where, row in rows(resolve_input(source), split, subset, revision):
         if limit is not None and len(out) >= limit:
             break
         require_columns(where, row, columns)
@@ -131,8 +143,8 @@ def read_samples(source: str | Path, format: str | None = None, problem_key: str
     if path != str(source):
         log.info("%s: a filter output; reading its kept/ records", source)
     src = source_name(path, name)
-    rows = iter_rows(path, split, subset, revision, skip_invalid, stats)
-    first = next(rows, None)
+    found = rows(path, split, subset, revision, skip_invalid, stats)
+    first = next(found, None)
     if first is None:
         return
     keys = {"problem_key": problem_key, "answer_key": answer_key, "completion_key": completion_key, "id_key": id_key}
@@ -144,7 +156,7 @@ def read_samples(source: str | Path, format: str | None = None, problem_key: str
         fmt = _detect(detect_format, columns)
     if fmt is not None and fmt != "records":
         log.info("%s: %s format '%s'", path, "reading" if format else "detected", fmt)
-        yield from _unique(iter_adapted(_chain(first, rows), fmt, src, path, split, subset, revision, skip_invalid,
+        yield from _unique(iter_adapted(_chain(first, found), fmt, src, path, split, subset, revision, skip_invalid,
                                         stats), stats)
         return
     mapped = {k: v for k, v in keys.items() if v is not None}
@@ -162,7 +174,7 @@ def read_samples(source: str | Path, format: str | None = None, problem_key: str
     counter: Counter = Counter()
 
     def records() -> Iterator[Record]:
-        for where, row in _chain(first, rows):
+        for where, row in _chain(first, found):
             try:
                 yield _record(row, where, src, keys, counter, stats)
             except DistillError as e:

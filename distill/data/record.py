@@ -43,12 +43,16 @@ class Record:
     def from_dict(cls, row: dict[str, Any], where: str = "") -> Record:
         """Build a record from a stored row; `where` ("file:line") goes into error messages."""
         where = where or "record"
-        missing = [f for f in REQUIRED_FIELDS if row.get(f) is None]
+        missing = [f for f in REQUIRED_FIELDS if f not in row]
         if missing:
             raise DistillError(
                 f"{where}: missing field(s) {', '.join(missing)}; "
                 f"a record needs {', '.join(REQUIRED_FIELDS)} (columns present: {', '.join(sorted(row)) or 'none'})"
             )
+        null = [f for f in REQUIRED_FIELDS if row[f] is None]
+        if null:
+            raise DistillError(f"{where}: field(s) {', '.join(null)} present but null; give every record a value "
+                               f"(or drop the row)")
         kwargs: dict[str, Any] = {}
         for name in FIELD_NAMES:
             if name in row and row[name] is not None:

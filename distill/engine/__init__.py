@@ -12,7 +12,6 @@ waits for the slowest sample of a batch with the engine idle.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Iterable, Iterator
@@ -63,6 +62,15 @@ class Sampling:
     thinking_budget: int | None = None  # vLLM's thinking_token_budget: the thought is closed after B tokens
 
 
+@dataclass(frozen=True)
+class Identity:
+    """What a resume key needs to know about a model before any engine starts."""
+
+    fingerprint: str | None  # content hash of a local folder, the pinned Hub revision, or None
+    chat_template: str | None  # the template prompts are rendered with (None: the server's own)
+    chat_template_note: str = ""  # why it is not the model's own (a default system prompt dropped)
+
+
 @dataclass
 class Engine:
     """The interface. `tokenizer`/`max_model_len` are None where the engine does not expose them (a server)."""
@@ -79,6 +87,10 @@ class Engine:
 
     def chat_template(self) -> str | None:
         return None
+
+    def identity(self) -> Identity:
+        """What a resume key records about the model this engine serves (see `model_identity`)."""
+        return Identity(None, self.chat_template(), self.chat_template_note)
 
     def generate(self, requests: Iterable[Request], sampling: Sampling) -> Iterator[tuple[Request, list[Sample]]]:
         raise NotImplementedError
@@ -104,14 +116,6 @@ class Engine:
 # ---------------------------------------------------------------- the factory
 
 
-@dataclass(frozen=True)
-class Identity:
-    """What a resume key needs to know about a model before any engine starts."""
-
-    fingerprint: str | None  # content hash of a local folder, the pinned Hub revision, or None
-    chat_template: str | None  # the template prompts are rendered with (None: the server's own)
-
-
 def _vllm(model: str, opts: Any, option: str) -> Engine:
     from distill.engine.vllm_engine import VLLMEngine, vllm_kwargs
     from distill.models import check_model_dir
@@ -127,6 +131,7 @@ def _vllm_identity(model: str, opts: Any, option: str) -> Identity:
     from transformers import AutoTokenizer
 
     from distill.models import check_model_dir, fingerprint
+    from distill.templates import inference_template
 
     check_model_dir(model, option)
     revision = getattr(opts, "model_revision", None)
@@ -135,9 +140,8 @@ def _vllm_identity(model: str, opts: Any, option: str) -> Identity:
     except (OSError, ValueError) as e:
         raise DistillError(f"{option} {model}: cannot load its tokenizer ({' '.join(str(e).split())[:200]})"
                            ) from None
-    template = getattr(tokenizer, "chat_template", None)
-    return Identity(fingerprint(model, revision), template if isinstance(template, str) or template is None
-                    else json.dumps(template, sort_keys=True))
+    choice = inference_template(tokenizer)
+    return Identity(fingerprint(model, revision), choice.template, choice.note if choice.name != "own" else "")
 
 
 def _openai(model: str, opts: Any, option: str) -> Engine:

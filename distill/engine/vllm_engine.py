@@ -8,8 +8,9 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from distill import prompts
-from distill.engine import Engine, Prompt, Request, Sample, Sampling
+from distill.engine import Engine, Identity, Prompt, Request, Sample, Sampling
 from distill.errors import DistillError
+from distill.templates import inference_template
 
 log = logging.getLogger(__name__)
 
@@ -89,15 +90,24 @@ class VLLMEngine(Engine):
                                "deterministic": os.environ.get("VLLM_BATCH_INVARIANT") == "1"})
         self._seeds = cuda_available()
         self._thinking = "reasoning_config" in engine_kwargs
+        choice = inference_template(self.tokenizer)  # the model's own, unless it injects a system prompt
+        self._template = choice.template
+        if choice.name != "own":
+            self.chat_template_note = choice.note
+            log.warning("%s: %s", model, choice.note)
 
     def render(self, problem: str, template: str, think_prefill: str) -> Prompt:
-        text, prefilled = prompts.generation_prompt(self.tokenizer, problem, template, think_prefill)
+        text, prefilled = prompts.generation_prompt(self.tokenizer, problem, template, think_prefill, self._template)
         # The template already holds BOS where the model has one.
         return Prompt(ids=tuple(self.tokenizer.encode(text, add_special_tokens=False)), prefilled=prefilled)
 
     def chat_template(self) -> str | None:
-        template = getattr(self.tokenizer, "chat_template", None)
-        return template if isinstance(template, str) or template is None else str(template)
+        return self._template
+
+    def identity(self) -> Identity:
+        from distill.models import fingerprint
+
+        return Identity(fingerprint(self.model), self.chat_template(), self.chat_template_note)
 
     def supports_continuation(self) -> bool:
         return True

@@ -100,7 +100,7 @@ def completions_records(cfg: EvalConfig) -> tuple[EvalTask, list[Record]]:
     records: list[Record] = []
     kept: set[str] = set()
     for r in read_samples(cfg.completions, format=cfg.format, completion_key=cfg.completion_key,
-                          problem_optional=True, **options):
+                          problem_optional=True, skip_invalid=cfg.skip_invalid, **options):
         if gold is not None:
             match = gold.get(r.problem_id) or by_text.get(content_id(r.problem))
             if match is None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distill.errors import DistillError
-from distill.prompts import THINK_CLOSE
+from distill.prompts import THINK_CLOSE, THINK_OPEN
 
 log = logging.getLogger(__name__)
 
@@ -172,4 +172,4 @@ def check(tokenizer, dataset, examples: list[dict[str, Any]], *, max_length: int
 
 def _reasoning(content: str) -> str:
     head = content.split(THINK_CLOSE, 1)[0]
-    return head.split("<think>", 1)[-1].strip()[:200]
+    return head.split(THINK_OPEN, 1)[-1].strip()[:200]

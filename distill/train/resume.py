@@ -64,8 +64,9 @@ def last_complete_checkpoint(out: Path) -> str | None:
     return None
 
 
-# What decides the trained weights: a resume must match it exactly (like generate's manifest).
-RESUME_KEY_SKIP = ("out", "resume", "overwrite", "preflight_only", "merge_lora")
+# What decides the trained weights: a resume must match it exactly (like generate's manifest). max_steps is
+# not in it: raising it continues the same run.
+RESUME_KEY_SKIP = ("out", "resume", "overwrite", "preflight_only", "merge_lora", "max_steps")
 RESUME_FILE = "resume_key.json"
 
 
