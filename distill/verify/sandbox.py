@@ -1,0 +1,548 @@
+"""Run untrusted Python in a child process: namespaces or an audit-hook fallback, rlimits, its own uid, timeouts.
+
+`run_cases(program, cases, limits)` hands one job per call (one per problem) to a warm launcher process
+(started once, it runs no untrusted code), which forks a fresh sandbox for it; the sandbox runs each case in
+a fresh fork of itself, so a test case never sees another's state. What it does (see _sandbox_child.py):
+
+- its own session and process group; a pid namespace where the machine allows it, so that nothing the
+  program starts survives the call (otherwise the sandbox uid's processes are swept after every case);
+- a new network namespace (only a downed loopback); otherwise an audit hook refuses sockets, exec and ctypes;
+- a private mount namespace: every mount read-only, fresh tmpfs on /tmp and /dev/shm, /root, /home and the
+  caller's working directory hidden (the interpreter's own folders re-exposed read-only); otherwise the
+  audit hook refuses writes outside the working directory;
+- a fresh working directory (tmpfs, or a host temporary directory removed afterwards), `HOME`/`TMPDIR` there;
+- a scrubbed environment: none of the parent's variables (HF_TOKEN, OPENAI_API_KEY, ...) reach the child;
+- per case: RLIMIT_CPU, RLIMIT_AS/DATA, RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_NPROC, no core files, a
+  wall-clock limit, stdout capped (read with a limit, never unbounded) and the stderr tail kept;
+- when the caller is root, the case drops to an unprivileged uid/gid of its own (leased per concurrent run,
+  so that RLIMIT_NPROC binds and one fork bomb cannot starve another sandbox), with no_new_privs.
+
+`sandbox_info()` reports which of these are active on this machine. Linux only.
+"""
+
+from __future__ import annotations
+
+import ast
+import atexit
+import logging
+import marshal
+import os
+import select
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from distill.errors import DistillError
+from distill.verify._sandbox_child import _readable_by_others
+
+logger = logging.getLogger(__name__)
+
+STATUSES = (
+    "ok", "compile_error", "runtime_error", "assertion_failed", "timeout", "memory", "output_limit", "sandbox_error",
+)
+ISOLATIONS = ("auto", "namespaces", "fallback")
+
+_CHILD = str(Path(__file__).with_name("_sandbox_child.py"))
+# Sandbox uids/gids: far above any real account. One is leased per concurrent run (see _UidLease).
+UID_BASE, UID_COUNT = 1_800_000, 4096
+# Seconds the parent waits beyond the problem's own time limit (start-up, a loaded machine) before killing.
+_GRACE_S = 10.0
+_NS_WORKDIR = "/tmp/work"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one sandboxed run; every test case gets them afresh."""
+
+    timeout_s: float = 4.0  # CPU seconds per test case; its wall clock allows 2x + 1 s (a loaded machine)
+    memory_mb: int = 1024  # address space of each process (RLIMIT_AS and RLIMIT_DATA)
+    output_bytes: int = 1 << 20  # stdout kept per case; printing more ends the case as output_limit
+    file_bytes: int = 16 << 20  # largest file a case may write (RLIMIT_FSIZE); /tmp holds 4x this
+    open_files: int = 64  # RLIMIT_NOFILE
+    processes: int = 16  # RLIMIT_NPROC of the sandbox uid (threads count); only binds when we can drop root
+    total_timeout_s: float = 60.0  # wall clock for all the cases of one problem; later cases count as timeouts
+
+    def __post_init__(self):
+        checks = {
+            "timeout_s": self.timeout_s > 0, "memory_mb": self.memory_mb >= 64,
+            "output_bytes": self.output_bytes >= 1024, "file_bytes": self.file_bytes >= 0,
+            "open_files": self.open_files >= 16, "processes": self.processes >= 1,
+            "total_timeout_s": self.total_timeout_s > 0,
+        }
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            minimum = {"memory_mb": 64, "output_bytes": 1024, "open_files": 16, "processes": 1}
+            raise DistillError("sandbox limits: " + ", ".join(
+                f"{k}={getattr(self, k)!r} must be {'>= ' + str(minimum[k]) if k in minimum else '> 0'}"
+                for k in bad))
+
+    @property
+    def case_wall_s(self) -> float:
+        return 2 * self.timeout_s + 1
+
+
+@dataclass(frozen=True)
+class Case:
+    """One test case: the program runs with `stdin` as its standard input, then `then` (if any) runs in the
+    program's namespace (function tests). With `then`, the case is ok only if `then` ran to its end."""
+
+    stdin: str = ""
+    then: str | None = None
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    status: str  # one of STATUSES
+    stdout: str  # at most Limits.output_bytes, decoded as UTF-8 (invalid bytes replaced)
+    stderr: str  # the last 4 KiB
+    detail: str  # one line: the exception, the signal, the limit that was hit
+    time_s: float  # wall clock of the case process
+
+
+# --- uids -----------------------------------------------------------------------------------------
+
+
+class _UidLease:
+    """An unprivileged uid no other sandbox on this machine uses right now.
+
+    The lease is an abstract unix socket bound to a name per uid: the kernel frees it when this process
+    dies, so a crashed run never leaks a uid and two processes (two pytest runs, a benchmark) never share one.
+    """
+
+    _next = 0
+    _lock = threading.Lock()
+
+    def __init__(self):
+        self.uid, self._sock = None, None
+
+    def __enter__(self) -> int:
+        with _UidLease._lock:
+            start = _UidLease._next
+            _UidLease._next = (start + 1) % UID_COUNT
+        for k in range(UID_COUNT):
+            n = (start + k) % UID_COUNT
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.bind(f"\0distill-sandbox-uid-{UID_BASE + n}")
+            except OSError:
+                sock.close()
+                continue
+            self.uid, self._sock = UID_BASE + n, sock
+            return self.uid
+        raise DistillError(f"sandbox: all {UID_COUNT} sandbox uids are in use; run fewer verifiers at once")
+
+    def __exit__(self, *exc):
+        if self._sock is not None:
+            self._sock.close()
+
+
+def _sweep_uid(uid: int, timeout: float = 5.0) -> int:
+    """SIGKILL every process whose real uid is `uid`, until none is left; returns how many were killed."""
+    killed, end = 0, time.monotonic() + timeout
+    while True:
+        found = []
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry.name}/status", "rb") as f:
+                    for line in f:
+                        if line.startswith(b"State:") and line.split()[1] in (b"Z", b"X"):
+                            break  # dead already (a zombie runs nothing); its parent reaps it
+                        if line.startswith(b"Uid:"):
+                            if int(line.split()[1]) == uid:
+                                found.append(int(entry.name))
+                            break
+            except (OSError, ValueError):
+                continue
+        if not found:
+            return killed
+        for pid in found:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except ProcessLookupError:
+                pass
+        if time.monotonic() > end:
+            logger.warning("sandbox: processes of uid %d survive SIGKILL (uninterruptible sleep?)", uid)
+            return killed
+        time.sleep(0.005)
+
+
+# --- what the child may see -----------------------------------------------------------------------
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def _child_sys_path() -> list[str]:
+    """The interpreter's stdlib and site-packages, not the caller's source tree or cwd."""
+    prefixes = {sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix}
+    return [p for p in sys.path if p and os.path.isdir(p) and any(_under(os.path.abspath(p), q) for q in prefixes)]
+
+
+def _hidden_roots() -> list[str]:
+    """Folders replaced by an empty tmpfs in the child: homes, and the caller's working directory (a project
+    checkout with its .env files) unless it is a system folder. The interpreter's folders inside them stay."""
+    roots = ["/root", "/home"]
+    cwd = os.path.realpath(os.getcwd())
+    top = cwd.split("/")[1] if cwd != "/" else ""
+    if top and top not in _SYSTEM_TOPS and cwd not in roots:
+        roots.append(cwd)
+    return roots
+
+
+_SYSTEM_TOPS = {"usr", "etc", "lib", "lib32", "lib64", "bin", "sbin", "opt", "var", "dev", "sys", "proc", "run",
+                "boot", "snap", "tmp", "nix", "gnu"}
+
+
+def _child_env(workdir: str) -> dict[str, str]:
+    # Built from nothing: the parent's variables (tokens, keys, proxies) never reach the child.
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+        "HOME": workdir, "TMPDIR": workdir,
+        "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+    }
+
+
+# --- one child ------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Outcome:
+    events: list[dict]
+    stderr: str
+    killed: str  # "" | "deadline" | "output_cap"
+    error: str  # our side failed to start or talk to the child
+
+
+class _Zygote:
+    """The warm launcher (`_serve` in _sandbox_child.py): forks one sandbox per job, so that a job does not pay
+    for an interpreter's start-up. One per caller process, shared by its threads, started on first use; it
+    runs no untrusted code and exits when this process closes the socket or dies."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._sock: socket.socket | None = None
+        self._owner = 0
+
+    def _start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-B", _CHILD, "--zygote", str(theirs.fileno())],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                pass_fds=[theirs.fileno()], cwd="/", env=_child_env(_NS_WORKDIR), start_new_session=True,
+            )
+        finally:
+            theirs.close()
+        ours.settimeout(30.0)  # a launcher that stops answering is replaced, not waited on forever
+        self._sock, self._owner = ours, os.getpid()
+
+    def _stop(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+        if self._proc is not None:
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._sock = self._proc = None
+
+    def spawn(self, data: bytes, out_w: int, err_w: int) -> int:
+        """Start one sandbox with this job; its stdout/stderr go to the given pipe ends. Returns its pidfd."""
+        with self._lock:
+            if self._owner != os.getpid():  # a forked copy of us: the zygote belongs to our parent
+                self._sock = self._proc = None
+            for _ in range(2):  # a zygote that died is replaced once
+                if self._proc is None or self._proc.poll() is not None:
+                    self._stop()
+                    self._start()
+                try:
+                    socket.send_fds(self._sock, [len(data).to_bytes(8, "big")], [out_w, err_w])
+                    self._sock.sendall(data)
+                    reply, fds, _, _ = socket.recv_fds(self._sock, 16, 1)
+                except OSError:
+                    self._stop()
+                    continue
+                if reply == b"ok" and len(fds) == 1:
+                    return fds[0]
+                for fd in fds:
+                    os.close(fd)
+                self._stop()
+            raise OSError("the sandbox launcher did not answer")
+
+    @property
+    def pid(self) -> int | None:
+        """The zygote's pid while it runs (tests tell it apart from leftovers)."""
+        return self._proc.pid if self._proc is not None and self._owner == os.getpid() else None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._owner == os.getpid():
+                self._stop()
+
+
+_ZYGOTE = _Zygote()
+atexit.register(_ZYGOTE.close)
+
+
+def _launch(job: dict, deadline_s: float, stdout_cap: int) -> _Outcome:
+    data = marshal.dumps(job)  # plain values only; the child decodes it without importing json
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    try:
+        pidfd = _ZYGOTE.spawn(data, out_w, err_w)
+    except OSError as e:
+        os.close(out_r), os.close(err_r)
+        return _Outcome([], "", "", f"cannot start the sandbox ({sys.executable}): {e}")
+    finally:
+        os.close(out_w), os.close(err_w)
+    out, err, killed, init_fd = bytearray(), bytearray(), "", None
+    try:
+        end = time.monotonic() + deadline_s
+        with selectors.DefaultSelector() as sel:
+            sel.register(out_r, selectors.EVENT_READ, out)
+            sel.register(err_r, selectors.EVENT_READ, err)
+            while sel.get_map():
+                left = end - time.monotonic()
+                if left <= 0:
+                    killed = "deadline"
+                    break
+                for key, _ in sel.select(timeout=left):
+                    chunk = os.read(key.fd, 1 << 16)
+                    if not chunk:
+                        sel.unregister(key.fd)
+                        continue
+                    buf = key.data
+                    buf += chunk
+                    if len(err) > 1 << 16:
+                        del err[:-(1 << 14)]
+                if init_fd is None and b"\n" in out:
+                    init_fd = _open_init(out)
+                if len(out) > stdout_cap:
+                    killed = "output_cap"
+                    break
+    finally:
+        _end(pidfd, init_fd)
+        os.close(out_r), os.close(err_r)
+    return _Outcome(_parse_events(out), bytes(err[-4096:]).decode("utf-8", "replace"), killed, "")
+
+
+def _open_init(out: bytearray) -> int | bool:
+    """A pidfd of the pid-namespace init named by the first event (False when there is none or it is gone)."""
+    first = _parse_events(out[:out.index(b"\n") + 1])
+    if first and first[0].get("event") == "init" and isinstance(first[0].get("pid"), int):
+        try:
+            return os.pidfd_open(first[0]["pid"])
+        except OSError:
+            return False
+    return False
+
+
+def _end(pidfd: int, init_fd: int | bool | None) -> None:
+    """Kill the launcher (done or not) and wait for it; then wait for the pid-namespace init, whose end means
+    every process of that namespace is gone (the kernel kills them all when it dies)."""
+    for fd in (pidfd, init_fd):
+        if isinstance(fd, bool) or fd is None:
+            continue
+        try:
+            signal.pidfd_send_signal(fd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            if not select.select([fd], [], [], 10.0)[0]:
+                logger.warning("sandbox: a launcher survived SIGKILL for 10 s")
+        finally:
+            os.close(fd)
+
+
+def _parse_events(out: bytes | bytearray) -> list[dict]:
+    """The child's event lines: repr() of plain dicts, read back with literal_eval (which runs no code)."""
+    events = []
+    for line in bytes(out).split(b"\n"):
+        if not line:
+            continue
+        try:
+            event = ast.literal_eval(line.decode("utf-8", "surrogatepass"))
+        except (ValueError, SyntaxError, UnicodeDecodeError, MemoryError, RecursionError, TypeError):
+            continue  # a torn last line after a kill
+        if isinstance(event, dict):
+            events.append(event)
+    return events
+
+
+# --- isolation probe ------------------------------------------------------------------------------
+
+_probe_lock = threading.Lock()
+_probed: dict[str, dict] = {}
+
+
+def _is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def _probe_namespaces() -> dict:
+    """Start one child that sets up the namespaces and stops: does this machine allow them?"""
+    if not sys.platform.startswith("linux"):
+        return {"ok": False, "why": f"not Linux ({sys.platform})"}
+    if not _is_root():
+        return {"ok": False, "why": "not root (network and mount namespaces need CAP_SYS_ADMIN)"}
+    with _UidLease() as uid:
+        job = _job("pass", [], Limits(), "namespaces", uid) | {"probe": True}
+        out = _launch(job, 30.0, 1 << 20)
+        _sweep_uid(uid)
+    setup = next((e for e in out.events if e.get("event") == "setup"), None)
+    if setup is not None:
+        return {"ok": True, "info": setup["info"]}
+    errors = [e.get("detail", "") for e in out.events if e.get("event") == "error"]
+    return {"ok": False, "why": errors[0] if errors else (out.error or out.stderr.strip()[-200:] or "no answer")}
+
+
+def _resolve(isolation: str) -> str:
+    if isolation not in ISOLATIONS:
+        raise DistillError(f"sandbox isolation {isolation!r}: choose one of {', '.join(ISOLATIONS)}")
+    if isolation == "fallback":
+        return "fallback"
+    with _probe_lock:
+        if "namespaces" not in _probed:
+            _probed["namespaces"] = probe = _probe_namespaces()
+            if probe["ok"]:
+                logger.info("code sandbox: namespaces active (network, mount, pid, ipc); hidden: %s",
+                            ", ".join(probe["info"].get("hidden", [])) or "nothing")
+            else:
+                logger.warning(
+                    "code sandbox: namespaces unavailable (%s); falling back to an audit hook that refuses sockets, "
+                    "exec, ctypes and writes outside the working directory (weaker: C code is not seen)",
+                    probe["why"])
+        probe = _probed["namespaces"]
+    if probe["ok"]:
+        return "namespaces"
+    if isolation == "namespaces":
+        raise DistillError(f"sandbox: namespaces were asked for but are unavailable here ({probe['why']})")
+    return "fallback"
+
+
+def sandbox_info(isolation: str = "auto") -> dict:
+    """Which protections a run with this `isolation` gets on this machine (probes once per process)."""
+    mode = _resolve(isolation)
+    root = _is_root()
+    probe = _probed.get("namespaces", {})
+    info = {
+        "isolation": mode,
+        "platform": sys.platform,
+        "python": sys.executable,
+        "environment": "scrubbed (PATH, LANG, HOME, TMPDIR and thread counts only)",
+        "limits": "per case: RLIMIT_CPU, RLIMIT_AS, RLIMIT_DATA, RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_CORE=0, "
+                  "wall clock, stdout cap" + (", RLIMIT_NPROC" if root else " (RLIMIT_NPROC inactive: not root)"),
+        "uid": f"unprivileged uid/gid leased from {UID_BASE}..{UID_BASE + UID_COUNT - 1}" if root
+               else f"the caller's own uid {os.getuid()} (not root: cannot drop privileges)",
+    }
+    if mode == "namespaces":
+        hidden = probe.get("info", {}).get("hidden", [])
+        info |= {
+            "network": "network namespace (only a downed loopback)",
+            "filesystem": "mount namespace: all mounts read-only, private tmpfs /tmp and /dev/shm, "
+                          f"hidden: {', '.join(hidden) or 'nothing'}",
+            "processes": "pid namespace: everything the program started dies with it",
+            "fallbacks": [],
+        }
+    else:
+        info |= {
+            "network": "audit hook refusing non-AF_UNIX sockets (Python level only)",
+            "filesystem": "audit hook refusing writes outside the working directory"
+                          + (" + unprivileged uid" if root else ""),
+            "processes": "sandbox uid swept with SIGKILL after each case" if root else "process group killed",
+            "fallbacks": ["network", "filesystem", "processes"],
+            "why_fallback": probe.get("why", "asked for"),
+        }
+        if root and not _readable_by_others(os.path.dirname(os.__file__)):
+            info["imports"] = ("the sandbox uid cannot read the interpreter's folder: only modules the launcher "
+                               "preloads import (no mount namespace to re-expose it)")
+    return info
+
+
+# --- the API --------------------------------------------------------------------------------------
+
+
+def _job(program: str, cases: Sequence[Case], limits: Limits, mode: str, uid: int | None) -> dict:
+    sys_path = _child_sys_path()
+    keep = sorted({sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix, *sys_path})
+    return {
+        "program": program,
+        "cases": [{"stdin": c.stdin, "then": c.then} for c in cases],
+        "limits": asdict(limits),
+        "isolation": mode,
+        "uid": uid, "gid": uid,
+        "sys_path": sys_path,
+        "hide": _hidden_roots(),
+        "keep": keep,
+        "workdir": _NS_WORKDIR,
+    }
+
+
+def run_cases(program: str, cases: Sequence[Case], limits: Limits = Limits(),
+              isolation: str = "auto") -> list[CaseResult]:
+    """Run `program` once per case in one sandboxed child; a result per case, in order. Never raises for
+    anything the program does: our own failures are `sandbox_error` results. Nothing it started survives."""
+    if not cases:
+        return []
+    mode = _resolve(isolation)
+    lease = _UidLease() if _is_root() else None
+    host_dir = None
+    try:
+        uid = lease.__enter__() if lease else None
+        job = _job(program, cases, limits, mode, uid)
+        if mode == "fallback":
+            host_dir = tempfile.mkdtemp(prefix="distill-sandbox-")
+            job["workdir"] = host_dir
+            job["hide"], job["keep"] = [], []
+        cap = len(cases) * (2 * limits.output_bytes + (1 << 16)) + (1 << 20)
+        out = _launch(job, limits.total_timeout_s + _GRACE_S, cap)
+        if uid is not None:
+            _sweep_uid(uid)
+    finally:
+        if lease:
+            lease.__exit__(None, None, None)
+        if host_dir:
+            shutil.rmtree(host_dir, ignore_errors=True)
+    return _results(out, len(cases), limits)
+
+
+def _results(out: _Outcome, n: int, limits: Limits) -> list[CaseResult]:
+    by_index: dict[int, CaseResult] = {}
+    for e in out.events:
+        if e.get("event") == "case" and isinstance(e.get("i"), int) and 0 <= e["i"] < n:
+            status = e.get("status") if e.get("status") in STATUSES else "sandbox_error"
+            by_index[e["i"]] = CaseResult(status, str(e.get("stdout", "")), str(e.get("stderr", "")),
+                                          str(e.get("detail", "")), float(e.get("time_s", 0.0)))
+    if len(by_index) < n:
+        errors = [str(e.get("detail", "")) for e in out.events if e.get("event") == "error"]
+        if out.killed == "deadline":
+            status, detail = "timeout", f"the problem ran past {limits.total_timeout_s + _GRACE_S:.0f} s in all"
+        else:
+            status = "sandbox_error"
+            detail = (out.error or (errors[0] if errors else "") or (
+                "sandbox output over its cap" if out.killed else "") or (
+                "the sandbox ended early: " + (out.stderr.strip().splitlines() or ["no message"])[-1]))
+            logger.warning("code sandbox failed: %s", detail)
+        for i in range(n):
+            by_index.setdefault(i, CaseResult(status, "", "", detail, 0.0))
+    return [by_index[i] for i in range(n)]
+
+
+def run_python(source: str, stdin: str = "", limits: Limits = Limits(), isolation: str = "auto") -> CaseResult:
+    """Run one program once, sandboxed, with `stdin` as its standard input."""
+    return run_cases(source, [Case(stdin=stdin)], limits, isolation)[0]
