@@ -62,8 +62,9 @@ def generation_prompt(tokenizer, problem: str, template: str = DEFAULT_TEMPLATE,
     """
     if not (chat_template or getattr(tokenizer, "chat_template", None)):
         raise DistillError("teacher tokenizer has no chat template; use an instruct/reasoning model (not a base model)")
-    text = tokenizer.apply_chat_template(chat_messages(problem, template), chat_template=chat_template,
-                                         tokenize=False, add_generation_prompt=True)
+    extra = {"chat_template": chat_template} if chat_template else {}
+    text = tokenizer.apply_chat_template(chat_messages(problem, template), tokenize=False, add_generation_prompt=True,
+                                         **extra)
     if text.rstrip().endswith(THINK_OPEN):
         return text, True
     if think_prefill == "on" or (think_prefill == "auto" and THINK_OPEN in tokenizer.get_vocab()):

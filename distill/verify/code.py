@@ -53,7 +53,7 @@ from functools import lru_cache
 from typing import Any
 
 from distill.errors import DistillError
-from distill.filters.answer import answer_part
+from distill.prompts import answer_part
 from distill.verify.sandbox import Case, CaseResult, Limits, run_cases
 
 logger = logging.getLogger(__name__)
