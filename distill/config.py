@@ -88,10 +88,9 @@ class GenerateConfig(EngineMixin, DataSourceMixin):
         return self.teacher_revision
 
 
-# The filter steps (filters/run.py maps each name to its implementation), and the default pipeline: math traces.
-FILTER_STEPS = ("finished", "think_format", "answer_correct", "code_correct", "length", "repetition", "language",
-                "dedup", "decontaminate", "select")
-DEFAULT_FILTER_STEPS = tuple(s for s in FILTER_STEPS if s != "code_correct")
+# The default filter pipeline, for math traces (the steps themselves: filters/run.py FILTERS and VERIFIED_STEPS).
+DEFAULT_FILTER_STEPS = ("finished", "think_format", "answer_correct", "length", "repetition", "language", "dedup",
+                        "decontaminate", "select")
 
 
 @dataclass

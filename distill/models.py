@@ -1,4 +1,5 @@
-"""Model folders: what a model argument names, and its identity (a content hash of the weights, or a Hub revision)."""
+"""Model arguments: what a model argument names (a folder, a Hub id, or a `.gguf` file dequantised once into a cached
+folder), and its identity (a content hash of the weights, or a Hub revision)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,58 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 # Hashing tens of GB takes minutes: a file's digest is reused while its path, size and mtime are unchanged.
 HASH_CACHE = Path(os.environ.get("DISTILL_CACHE", "~/.cache/distill")).expanduser() / "file-hashes.json"
 _BLOCK = 1 << 22
+
+
+GGUF_CACHE = Path(os.environ.get("DISTILL_CACHE", "~/.cache/distill")).expanduser() / "gguf"
+
+
+def resolve_model(model: str, option: str = "--model") -> str:
+    """A `.gguf` file → a Hugging Face model folder converted from it once (transformers + the `gguf` package
+    dequantise it; cached by the file's content hash); anything else is returned unchanged."""
+    path = Path(model).expanduser()
+    if path.suffix != ".gguf":
+        return model
+    if not path.is_file():
+        raise DistillError(f"{option} {model}: no such GGUF file")
+    out = GGUF_CACHE / f"{path.stem}-{file_sha256(path)[:16]}"
+    if (out / "config.json").is_file():
+        return str(out)
+    log.info("%s: dequantising %s into %s (once; cached)", option, path.name, out)
+    tmp = out.with_name(out.name + f".tmp-{os.getpid()}")
+    try:
+        _convert_gguf(path, tmp)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(out)
+
+
+def _convert_gguf(path: Path, out: Path) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("gguf") is None:
+        raise DistillError(f"{path}: reading GGUF files needs the `gguf` package; pip install gguf")
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(path.parent), path.name
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # The dequantised weights go into a plain model built from the same config: transformers refuses to save a
+    # model it loaded from GGUF ("not serializable"), and a plain folder is what vLLM and TRL load.
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(quantized.state_dict(), strict=False)
+    if [k for k in missing if "lm_head" not in k] or unexpected:
+        raise DistillError(f"{path}: dequantised weights do not match the architecture (missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]})")
+    model.save_pretrained(str(out))
+    AutoTokenizer.from_pretrained(folder, gguf_file=name).save_pretrained(str(out))
+    from distill.data.io import apply_umask
+
+    apply_umask(out)
 
 
 def is_local(model: str) -> bool:

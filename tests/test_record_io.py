@@ -180,3 +180,26 @@ def test_atomic_writer_keeps_old_file_on_failure(tmp_path):
     with atomic_open(tmp_path / "x.txt") as f:
         f.write("ok")
     assert (tmp_path / "x.txt").read_text() == "ok"
+
+
+def test_filter_eval_and_sft_give_one_file_the_same_ids(tmp_path):
+    """The one reader's id rule: a file without ids gets the same problem ids and sample ids in every stage."""
+    from distill.config import EvalConfig, FilterConfig, build_config
+    from distill.eval.run import run as evaluate
+    from distill.filters.run import run as filter_
+    from distill.train.data import load_examples
+
+    done = "<think>\nso {x}\n</think>\n\n\\boxed{{{x}}}"
+    rows = [{"problem": "What is 1+1?", "answer": "2", "completion": done.format(x=2)},
+            {"problem": "What is 2+2?", "answer": "4", "completion": done.format(x=4)},
+            {"problem": "What is 1+1?", "answer": "2", "completion": done.format(x=3)}]
+    data = tmp_path / "samples.jsonl"
+    write_jsonl(data, rows)
+    expected = {f"samples/{content_id('What is 1+1?')}/0", f"samples/{content_id('What is 2+2?')}/0",
+                f"samples/{content_id('What is 1+1?')}/1"}
+    filter_(build_config(FilterConfig, {"input": str(data), "out": str(tmp_path / "f"), "steps": "finished"}))
+    filtered = {row["id"] for _, row in iter_rows(tmp_path / "f" / "kept")}
+    evaluate(build_config(EvalConfig, {"completions": str(data), "out": str(tmp_path / "e"), "workers": 1}))
+    evaluated = {json.loads(line)["id"] for line in (tmp_path / "e" / "samples.jsonl").read_text().splitlines()}
+    trained = {ex["id"] for ex in load_examples(str(data))}
+    assert filtered == evaluated == trained == expected

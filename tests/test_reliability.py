@@ -285,8 +285,16 @@ def test_skip_invalid_exists_where_the_message_suggests_it(tmp_path):
 
 
 def test_outputs_follow_the_umask(tmp_path):
+    from distill.data.io import apply_umask
+
     path = atomic_write_text(tmp_path / "x.txt", "x")
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~_umask()
+    saved = tmp_path / "model" / "model.safetensors"  # what transformers' own atomic save leaves
+    saved.parent.mkdir()
+    saved.write_bytes(b"")
+    saved.chmod(0o600)
+    apply_umask(saved.parent)
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o666 & ~_umask()
 
 
 def _umask() -> int:

@@ -318,3 +318,24 @@ def test_resume_from_last_checkpoint(tmp_path, tiny_qwen_dir):
     stats = run(cfg(tiny_qwen_dir, data, out, max_steps=3, trl={"save_strategy": "steps", "save_steps": 1}))
     assert stats["resumed_from"].endswith("checkpoint-2") and stats["steps"] == 3
     assert [x["step"] for x in stats["loss"]][-1] == 3
+
+
+@pytest.mark.slow
+def test_a_half_written_checkpoint_is_skipped_and_a_changed_config_refused(tmp_path, tiny_qwen_dir, caplog):
+    data = write_jsonl(tmp_path / "r.jsonl", records(8))
+    out = tmp_path / "out"
+    saving = {"save_strategy": "steps", "save_steps": 1}
+    run(cfg(tiny_qwen_dir, data, out, max_steps=2, trl=saving))
+    weights = out / "checkpoint-2" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # a save cut short (disk full, kill)
+    stats = run(cfg(tiny_qwen_dir, data, out, max_steps=3, trl=saving))
+    assert stats["resumed_from"].endswith("checkpoint-1") and stats["steps"] == 3
+    assert "skipping" in caplog.text and "checkpoint-2" in caplog.text and "truncated" in caplog.text
+    with pytest.raises(DistillError, match=r"another config \(learning_rate 0.001 → 0.002\).*--overwrite") as e:
+        run(cfg(tiny_qwen_dir, data, out, max_steps=4, learning_rate=2e-3, trl=saving))
+    assert "\n" not in str(e.value)
+    changed = write_jsonl(tmp_path / "other.jsonl", records(8, seed=1))
+    with pytest.raises(DistillError, match=r"data_sha256"):
+        run(cfg(tiny_qwen_dir, changed, out, max_steps=4, trl=saving))
+    stats = run(cfg(tiny_qwen_dir, changed, out, max_steps=2, learning_rate=2e-3, overwrite=True, trl=saving))
+    assert stats["resumed_from"] is None and stats["steps"] == 2

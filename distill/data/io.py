@@ -34,6 +34,13 @@ def _umask() -> int:
 FILE_MODE = 0o666 & ~_umask()
 
 
+def apply_umask(folder: str | Path) -> None:
+    """Give files another library saved as 0600 (its own temp-file-and-rename) the mode the umask gives."""
+    for p in Path(folder).rglob("*"):
+        if p.is_file() and not p.is_symlink() and p.stat().st_mode & 0o777 == 0o600 and FILE_MODE != 0o600:
+            p.chmod(FILE_MODE)
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w", encoding: str | None = "utf-8"):
     """Write to a temp file beside `path`, fsync, then rename: readers see the old file or the new one, never half."""

@@ -118,8 +118,9 @@ class Engine:
 
 def _vllm(model: str, opts: Any, option: str) -> Engine:
     from distill.engine.vllm_engine import VLLMEngine, vllm_kwargs
-    from distill.models import check_model_dir
+    from distill.models import check_model_dir, resolve_model
 
+    model = resolve_model(model, option)  # a .gguf file: its dequantised, cached folder
     if opts.data_parallel_size != 1:
         raise DistillError("--data-parallel-size: run one job per replica with --shard I/N for now (vLLM refuses "
                            "data parallelism in a single-process LLM)")
@@ -130,9 +131,10 @@ def _vllm(model: str, opts: Any, option: str) -> Engine:
 def _vllm_identity(model: str, opts: Any, option: str) -> Identity:
     from transformers import AutoTokenizer
 
-    from distill.models import check_model_dir, fingerprint
+    from distill.models import check_model_dir, fingerprint, resolve_model
     from distill.templates import inference_template
 
+    model = resolve_model(model, option)
     check_model_dir(model, option)
     revision = getattr(opts, "model_revision", None)
     try:

@@ -19,13 +19,13 @@ import os
 import shutil
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from distill.config import FILTER_STEPS, FilterConfig, save_config
+from distill.config import FilterConfig, save_config
 from distill.data.io import atomic_open, atomic_write_json
 from distill.data.reader import data_options, read_samples
 from distill.data.record import arrow_schema, parquet_row
@@ -36,8 +36,21 @@ from distill.verify import make_verifier
 
 log = logging.getLogger(__name__)
 
-# Steps that grade with a verifier (distill.verify): step name → verifier name.
+# Every step, by name. Per-record filters and dedup/decontamination: name → how it is built from the config (a new
+# step is its class plus one entry here); steps graded by a verifier (distill.verify): name → the verifier; `select`
+# (the per-problem cap) is the sink's second pass.
+FILTERS: dict[str, Callable[[FilterConfig, Any], Any]] = {
+    "finished": lambda cfg, counter: steps.Finished(),
+    "think_format": lambda cfg, counter: steps.ThinkFormat(),
+    "length": lambda cfg, counter: steps.Length(cfg.min_tokens, cfg.max_tokens or None, counter),
+    "repetition": lambda cfg, counter: steps.Repetition(cfg.repetition_ngram, cfg.repetition_max_repeats),
+    "language": lambda cfg, counter: steps.Language(cfg.language, cfg.language_max_foreign),
+    "dedup": lambda cfg, counter: dataset.Dedup(cfg.dedup_threshold),
+    "decontaminate": lambda cfg, counter: dataset.Decontaminator(cfg.decontam_tasks, cfg.decontam_ngram,
+                                                                cfg.decontam_min_overlap),
+}
 VERIFIED_STEPS = {"answer_correct": "math", "code_correct": "code"}
+STEP_NAMES = (*VERIFIED_STEPS, *FILTERS, "select")
 # Flush an output file at chunk_size rows or at this many text bytes, whichever comes first.
 PART_BYTES = 128 << 20
 # What a filter output folder holds; anything else in --out is the user's and is never moved or deleted.
@@ -152,11 +165,11 @@ def iter_input_records(cfg: FilterConfig, stats: dict[str, int]) -> Iterator:
 def check_steps(names: list[str]) -> list[str]:
     errors = []
     for name in names:
-        if name not in FILTER_STEPS:
-            hint = difflib.get_close_matches(name, FILTER_STEPS, n=1)
+        if name not in STEP_NAMES:
+            hint = difflib.get_close_matches(name, STEP_NAMES, n=1)
             errors.append(f"unknown step '{name}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
     if errors:
-        raise DistillError("; ".join(errors) + f"; steps are {', '.join(FILTER_STEPS)}")
+        raise DistillError("; ".join(errors) + f"; steps are {', '.join(STEP_NAMES)}")
     if len(set(names)) != len(names):
         raise DistillError(f"--steps lists a step twice ({','.join(names)}); list each once")
     if "select" in names and names[-1] != "select":
@@ -208,17 +221,7 @@ def _run(cfg: FilterConfig, names: list[str], out: Path, start: float) -> dict[s
 
     needs_length = "length" in names or ("select" in names and cfg.select_strategy == "shortest")
     counter = steps.TokenCounter(cfg.tokenizer) if needs_length else None
-    filters = {
-        "finished": lambda: steps.Finished(),
-        "think_format": lambda: steps.ThinkFormat(),
-        "length": lambda: steps.Length(cfg.min_tokens, cfg.max_tokens or None, counter),
-        "repetition": lambda: steps.Repetition(cfg.repetition_ngram, cfg.repetition_max_repeats),
-        "language": lambda: steps.Language(cfg.language, cfg.language_max_foreign),
-        "dedup": lambda: dataset.Dedup(cfg.dedup_threshold),
-        "decontaminate": lambda: dataset.Decontaminator(cfg.decontam_tasks, cfg.decontam_ngram,
-                                                         cfg.decontam_min_overlap),
-    }
-    built = {name: filters[name]() for name in names if name in filters}  # bad settings fail before reading
+    built = {name: FILTERS[name](cfg, counter) for name in names if name in FILTERS}  # bad settings fail now
     plan = dataset.SelectPlan(cfg.select_k, cfg.select_strategy, cfg.seed) if "select" in names else None
 
     read_stats: dict[str, int] = {}

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from distill.config import SftConfig, save_config
-from distill.data.io import atomic_write_json, atomic_write_text
+from distill.data.io import apply_umask, atomic_write_json, atomic_write_text
 from distill.errors import DistillError
 from distill.train.resume import RESUME_FILE, check_resume, clear_out, last_complete_checkpoint, resume_key
 
@@ -147,7 +147,7 @@ def context_length(student: str) -> int | None:
     return getattr(text, "max_position_embeddings", None)
 
 
-def _load_model(cfg: SftConfig, cuda: bool, init_kwargs: dict[str, Any], attn: str):
+def _load_model(cfg: SftConfig, student: str, cuda: bool, init_kwargs: dict[str, Any], attn: str):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -164,7 +164,7 @@ def _load_model(cfg: SftConfig, cuda: bool, init_kwargs: dict[str, Any], attn: s
                                                            bnb_4bit_compute_dtype=torch.bfloat16,
                                                            bnb_4bit_use_double_quant=True)
     try:
-        return AutoModelForCausalLM.from_pretrained(cfg.student, **kwargs)
+        return AutoModelForCausalLM.from_pretrained(student, **kwargs)
     except OSError as e:
         raise DistillError(f"student {cfg.student}: cannot load weights ({str(e).splitlines()[0]})") from None
 
@@ -179,6 +179,8 @@ def _peft_config(cfg: SftConfig):
 
 def prepare(cfg: SftConfig) -> dict[str, Any]:
     """Everything before the model: tokenizer fixes, data, TRL tokenization, preflight. Raises on a failed check."""
+    from distill.models import resolve_model
+
     from transformers import AutoTokenizer
 
     from distill.data.adapters import check_format
@@ -189,9 +191,10 @@ def prepare(cfg: SftConfig) -> dict[str, Any]:
     if cfg.format:
         check_format(cfg.format)
     trl = validate_trl(cfg.trl)  # before anything slow: a typo or a wrong type fails in a second
+    student = resolve_model(cfg.student, "--student")  # a .gguf file: its dequantised, cached folder
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.student)
+        tokenizer = AutoTokenizer.from_pretrained(student)
     except (OSError, ValueError) as e:
         raise DistillError(f"student {cfg.student}: cannot load its tokenizer ({str(e).splitlines()[0]})") from None
     choice = choose_template(tokenizer, cfg.chat_template)
@@ -205,7 +208,7 @@ def prepare(cfg: SftConfig) -> dict[str, Any]:
         log.warning("%s: the model must learn to emit the token that ends its turn", eos_note)
         tokenizer.eos_token = eot
     pad_note, added = fix_pad(tokenizer, eot)
-    ctx = context_length(cfg.student)
+    ctx = context_length(student)
     examples = load_examples(cfg.data, cfg.split, cfg.subset, cfg.revision, cfg.format, cfg.problem_key,
                              cfg.completion_key, cfg.id_key, cfg.skip_invalid)
     check_counts(cfg.data, len(examples))
@@ -220,7 +223,7 @@ def prepare(cfg: SftConfig) -> dict[str, Any]:
                           pad_note=pad_note, max_dropped_share=cfg.max_dropped_share, packing_note=packing_note)
     return dict(tokenizer=tokenizer, choice=choice, eot=eot, added_pad=added, pad_note=pad_note, dataset=dataset,
                 report=rep, trl=trl, cuda=cuda, attn=attn, plan=plan, packing_note=packing_note, context_length=ctx,
-                resume_key=resume_key(cfg, cfg.student, examples))
+                resume_key=resume_key(cfg, student, examples), student=student)
 
 
 def check_counts(data: str, rows: int) -> None:
@@ -288,7 +291,8 @@ def run(cfg: SftConfig) -> dict[str, Any]:
     tokenizer = prep["tokenizer"]
     train = prep["dataset"].select(rep.stats["keep"])
     args = build_args(cfg, prep, out)
-    model = _load_model(cfg, prep["cuda"], dict(prep["trl"].get("model_init_kwargs") or {}), prep["attn"])
+    init_kwargs = dict(prep["trl"].get("model_init_kwargs") or {})
+    model = _load_model(cfg, prep["student"], prep["cuda"], init_kwargs, prep["attn"])
     if prep["added_pad"]:
         model.resize_token_embeddings(len(tokenizer))
     resume = last_complete_checkpoint(out) if cfg.resume == "auto" else None
@@ -306,6 +310,8 @@ def run(cfg: SftConfig) -> dict[str, Any]:
             merged.save_pretrained(str(out / "merged"))
             tokenizer.save_pretrained(str(out / "merged"))
             stats["merged"] = str(out / "merged")
+    if trainer.is_world_process_zero():
+        apply_umask(out)
     history = trainer.state.log_history
     losses = [{"step": h["step"], "loss": h["loss"]} for h in history if "loss" in h]
     tokens = [h["num_tokens"] for h in history if "num_tokens" in h]
