@@ -70,3 +70,20 @@ def test_engine_left_empty_when_the_consumer_stops_early(vllm_engine):
     next(stream)
     stream.close()  # e.g. the chunk writer failed
     assert not vllm_engine.llm.llm_engine.has_unfinished_requests()
+
+
+def test_deterministic_mode_is_refused_where_vllm_has_no_kernels_for_it(tiny_qwen_dir):
+    from distill.config import GenerateConfig, build_config
+    from distill.engine import make_engine
+    from distill.errors import DistillError
+    from distill.engine.vllm_engine import cuda_available
+
+    cfg = build_config(GenerateConfig, {"teacher": str(tiny_qwen_dir), "dataset": "d", "out": "o",
+                                        "deterministic": True})
+    if not cuda_available():
+        with pytest.raises(DistillError, match="--deterministic needs a CUDA GPU"):
+            make_engine(str(tiny_qwen_dir), cfg)
+    openai = build_config(GenerateConfig, {"teacher": "m", "dataset": "d", "out": "o", "deterministic": True,
+                                           "backend": "openai", "base_url": "http://127.0.0.1:9/v1"})
+    with pytest.raises(DistillError, match="start your server with VLLM_BATCH_INVARIANT=1"):
+        make_engine("m", openai)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -315,6 +318,7 @@ def test_thinking_budget_forces_the_answer_and_wait_extends_short_thoughts(vllm_
                      out=str(run_out)), engine=vllm_engine)["results"]["aime24"]
     gen = read_jsonl(next((run_out / "generations" / "aime24").glob("*.jsonl")))
     assert all(g["num_tokens"] <= 8 for g in gen)
+    assert r["budget"]["mode"].startswith("continuation")  # the session engine has no reasoning config
     assert r["budget"]["forced_answers"] == sum(g["finish_reason"] == "length" and "</think>" not in g["completion"]
                                                 for g in gen)
     samples = read_jsonl(run_out / "samples.jsonl")
@@ -322,3 +326,23 @@ def test_thinking_budget_forces_the_answer_and_wait_extends_short_thoughts(vllm_
     with pytest.raises(DistillError, match="--thinking-budget must be"):
         run(eval_cfg(model="tiny", tasks="aime24", max_tokens=8, thinking_budget=8, out=str(tmp_path / "x")),
             engine=vllm_engine)
+
+
+@pytest.mark.slow
+def test_thinking_budget_in_the_engine_itself(tiny_qwen_dir, tmp_path):
+    """--thinking-budget on vLLM: the engine starts with a reasoning config and ends each thought after B tokens in
+    the same request (vLLM's thinking_token_budget), on the CPU build too."""
+    out = tmp_path / "e"
+    cmd = [sys.executable, "-m", "distill", "eval", "--model", str(tiny_qwen_dir), "--tasks", "aime24", "--limit", "2",
+           "--n", "2", "--max-tokens", "24", "--thinking-budget", "4", "--dtype", "float32", "--max-model-len", "512",
+           "--workers", "1", "--out", str(out)]
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
+    run_ = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert run_.returncode == 0, run_.stderr[-2000:]
+    samples = read_jsonl(out / "samples.jsonl")
+    assert len(samples) == 4 and all(s["num_tokens"] <= 24 for s in samples)
+    for s in samples:  # a random model never closes its thought: the engine did, after the budget
+        thought = s["completion"].split("</think>")[0]
+        assert "</think>" in s["completion"] and len(thought) < len(s["completion"])
+    r = json.loads((out / "results.json").read_text())["results"]["aime24"]
+    assert r["budget"] == {"mode": "engine (vLLM thinking_token_budget)", "thinking_budget": 4}

@@ -121,6 +121,14 @@ def _vllm(model: str, opts: Any, option: str) -> Engine:
     from distill.models import check_model_dir, resolve_model
 
     model = resolve_model(model, option)  # a .gguf file: its dequantised, cached folder
+    if getattr(opts, "deterministic", False):
+        from distill.engine.vllm_engine import cuda_available
+
+        if not cuda_available():
+            raise DistillError("--deterministic needs a CUDA GPU: vLLM's batch-invariant kernels are Triton kernels, "
+                               "which its CPU build lacks; drop --deterministic on CPU")
+        # The same prompt gives the same tokens whatever else is in the batch.
+        os.environ["VLLM_BATCH_INVARIANT"] = "1"
     if opts.data_parallel_size != 1:
         raise DistillError("--data-parallel-size: run one job per replica with --shard I/N for now (vLLM refuses "
                            "data parallelism in a single-process LLM)")
@@ -149,6 +157,9 @@ def _vllm_identity(model: str, opts: Any, option: str) -> Identity:
 def _openai(model: str, opts: Any, option: str) -> Engine:
     from distill.engine.openai_engine import OpenAIEngine
 
+    if getattr(opts, "deterministic", False):
+        raise DistillError("--deterministic applies to --backend vllm; start your server with VLLM_BATCH_INVARIANT=1 "
+                           "instead")
     if not opts.base_url:
         raise DistillError("--backend openai needs --base-url, e.g. http://127.0.0.1:8000/v1")
     return OpenAIEngine(model, opts.base_url, opts.api_key_env, opts.concurrency, opts.request_timeout,
@@ -175,9 +186,6 @@ def make_engine(model: str, opts: Any, option: str = "--model") -> Engine:
     """The engine for `model` from the shared engine options (config.EngineMixin: backend, parallelism, ...);
     `option` names the flag in error messages."""
     start, _ = _backend(opts)
-    if getattr(opts, "deterministic", False):
-        # vLLM's batch-invariant kernels: the same prompt gives the same tokens whatever else is in the batch.
-        os.environ["VLLM_BATCH_INVARIANT"] = "1"
     return start(model, opts, option)
 
 

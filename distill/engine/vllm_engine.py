@@ -48,9 +48,11 @@ def vllm_kwargs(opts: Any) -> dict[str, Any]:
         kw["revision"] = opts.model_revision
     if getattr(opts, "thinking_budget", None):
         # vLLM ends the thought itself after the budget: it needs to know the thought's markers.
+        from vllm.config.reasoning import ReasoningConfig
+
         kw["reasoning_parser"] = "deepseek_r1"
-        kw["reasoning_config"] = {"reasoning_parser": "deepseek_r1", "reasoning_start_str": prompts.THINK_OPEN,
-                                  "reasoning_end_str": prompts.FORCE_ANSWER}
+        kw["reasoning_config"] = ReasoningConfig(reasoning_parser="deepseek_r1", reasoning_start_str=prompts.THINK_OPEN,
+                                                 reasoning_end_str=prompts.FORCE_ANSWER)
     return kw
 
 

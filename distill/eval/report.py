@@ -74,6 +74,7 @@ def provenance(cfg, tasks: dict[str, dict], generation: dict[str, dict], grader_
         "sampling": {"temperature": cfg.temperature, "top_p": cfg.top_p, "max_tokens": cfg.max_tokens},
         "thinking": {"budget": cfg.thinking_budget, "min_tokens": cfg.min_thinking_tokens},
         "dtype": cfg.dtype,
+        "deterministic": cfg.deterministic,
         "parallelism": {"tensor": cfg.tensor_parallel_size, "data": cfg.data_parallel_size,
                         "pipeline": cfg.pipeline_parallel_size},
         "backend": cfg.backend,

@@ -144,9 +144,14 @@ def generate_task(cfg: EvalConfig, task: EvalTask, engine: Engine) -> tuple[list
     gen_stats = generate.run(gcfg, engine=engine) or {}
     records = list(read_records(gcfg.out))
     forced = None
-    if budget.check(cfg) and not budget.native(cfg, engine):
-        records, forced = budget.force(cfg, task.name, records, engine)
-    limit = cfg.thinking_budget if cfg.thinking_budget and not budget.native(cfg, engine) else cfg.max_tokens
+    native = budget.native(cfg, engine)
+    if budget.check(cfg):
+        if native:
+            forced = {"mode": "engine (vLLM thinking_token_budget)", "thinking_budget": cfg.thinking_budget}
+        else:
+            records, counts = budget.force(cfg, task.name, records, engine)
+            forced = {"mode": "continuation (eval/budget.py)", **counts}
+    limit = cfg.thinking_budget if cfg.thinking_budget and not native else cfg.max_tokens
     clamped = {r.problem_id for r in records if 0 < r.max_tokens < limit}
     return records, {"stats": gen_stats, "manifest": _read_json(Path(gcfg.out) / "manifest.json"),
                      "clamped_prompts": len(clamped), "budget": forced}
