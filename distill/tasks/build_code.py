@@ -1,7 +1,7 @@
 """Maintainer script: rebuild the bundled code tasks (humaneval, mbpp) from the shared source copies.
 
 Run `python -m distill.tasks.build_code [--shared PATH] [--out DIR]`; the output is deterministic. Rows are
-`{id, problem, answer, solution}`: `answer` is the test spec of distill.verify.code (JSON text) and
+`{id, problem, answer, solution}`: `answer` is the test spec of distill.data.code_spec (JSON text) and
 `solution` the canonical solution as a whole program (what the tests use to show the tests are right).
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from distill.verify.code import from_humaneval, from_mbpp, humaneval_solution
+from distill.data.code_tests import from_humaneval, from_mbpp, humaneval_solution
 
 logger = logging.getLogger(__name__)
 
