@@ -34,7 +34,7 @@ COLUMN_FORMATS = {"input_output": "apps", "verification_info": "open_r1", "publi
                   "private_test_cases": "livecodebench", "test_list": "mbpp"}
 
 
-def tests_spec(row: dict[str, Any], column: str, fmt: str = "auto") -> str:
+def spec_of_tests(row: dict[str, Any], column: str, fmt: str = "auto") -> str:
     """The spec JSON of one row's tests in `column`; a DistillError says what is wrong (the reader adds where)."""
     if fmt not in TESTS_FORMATS:
         raise DistillError(f"unknown tests format {fmt!r}; choose one of {', '.join(TESTS_FORMATS)}")
