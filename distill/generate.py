@@ -251,7 +251,7 @@ def run(cfg: GenerateConfig, engine: Engine | None = None) -> dict[str, Any]:
     t0 = time.monotonic()
     validate(cfg)
     shard = parse_shard(cfg.shard)
-    template = prompt_template(cfg.dataset, cfg.prompt_template)  # a code task's own, unless a file is given
+    template = prompt_template(cfg.dataset, cfg.prompt_template, code=bool(cfg.tests_key))  # code: a code block
     source = source_name(cfg.dataset, cfg.source)
     all_problems = read_problems(cfg.dataset, **data_options(cfg), limit=cfg.limit)
     problems = [p for p in all_problems if in_shard(p.id, shard)]

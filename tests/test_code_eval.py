@@ -56,17 +56,19 @@ def test_code_tasks_ask_for_a_code_block_and_a_file_overrides(tmp_path):
     local = tmp_path / "humaneval"  # a folder that happens to share a task's name is data, not the task
     local.mkdir()
     assert prompt_template(str(local)) == DEFAULT_TEMPLATE
+    assert prompt_template(str(local), code=True) == CODE_TEMPLATE  # a code dataset (--tests-key) gets the code prompt
+    assert prompt_template("aime24", code=True) == DEFAULT_TEMPLATE  # a bundled task keeps its own
 
 
-@pytest.mark.parametrize("maker,expected", [(lambda r: r["solution"], 100.0), (broken, 0.0)],
-                         ids=["canonical", "broken"])
-def test_humaneval_completions_canonical_100_broken_0(tmp_path, maker, expected):
-    rows = load_task("humaneval")
+@pytest.mark.parametrize("maker,expected,step", [(lambda r: r["solution"], 100.0, 1), (broken, 0.0, 4)],
+                         ids=["canonical-all-164", "broken-every-4th"])
+def test_humaneval_completions_canonical_100_broken_0(tmp_path, maker, expected, step):
+    rows = load_task("humaneval")[::step]
     out = tmp_path / "eval"
     results = run(eval_cfg(completions=str(completions(tmp_path / "c.jsonl", rows, maker)), task="humaneval",
                            out=str(out)))
     r = results["results"]["humaneval"]
-    assert (r["pass@1"], r["problems"], r["samples"]) == (expected, 164, 164)
+    assert (r["pass@1"], r["problems"], r["samples"]) == (expected, len(rows), len(rows))
     assert r["verifier"] == "code" and r["verifier_version"].startswith("distill-code/1 python==")
     assert "cons@1" not in r  # majority vote is for math answers only
     task = results["provenance"]["tasks"]["humaneval"]

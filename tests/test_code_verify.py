@@ -175,6 +175,14 @@ def test_call_cases_and_leetcode_solution_class():
     assert (v.score, v.reason) == (0.0, "wrong_output")
 
 
+def test_an_object_that_equals_anything_does_not_pass_a_call_case():
+    spec = json.dumps({"type": "functional", "entry_point": "f", "cases": [{"args": [1], "expected": 2}]})
+    always = "class Yes:\n    def __eq__(self, other):\n        return True\n\ndef f(x):\n    return Yes()"
+    v = verify_code(block(always), spec)
+    assert (v.correct, v.reason) == (False, "wrong_output") and "not a JSON value" in v.detail
+    assert verify_code(block("def f(x):\n    return (x + 1,)"), spec.replace("2}", "[2]}")).correct  # tuples: lists
+
+
 BAD_SPECS = [
     ("not json", "{'type': 'stdin'}", "not valid JSON"),
     ("not an object", "[1, 2]", "JSON object"),

@@ -15,7 +15,8 @@ Each case runs in a fresh process: the solution, then `setup` (test imports), th
 namespace. A string case is Python code that must run to its end (an `AssertionError` is a wrong answer,
 any other exception a runtime error, and `sys.exit()` before the end fails the case). A case object calls
 `entry_point(*args)` (or `Solution().entry_point(*args)` when the solution defines no such function,
-LeetCode style) and compares the return value, made JSON-like (tuples become lists), with `expected`;
+LeetCode style) and compares the return value, made JSON data (tuples become lists; a value JSON cannot hold, such
+as an object of the program's own class that claims to equal anything, fails the case), with `expected`;
 with `"unwrap": true` a return equal to `expected[0]` also passes (APPS's rule for call-based tests).
 `test` is one more case: code run once, which is followed by `check(entry_point)` when it defines a
 `check` function and never calls it (HumanEval). At least one of `cases` / `test` is required.
@@ -190,10 +191,10 @@ def __distill_case(name, args, expected, unwrap):
             raise NameError(f"the solution defines no function {{name}}")
         target = getattr(ns["Solution"](), name)
     got = target(*args)
-    try:
+    try:  # plain data only: an object of the program's own class could claim to equal anything
         got = json.loads(json.dumps(got))
     except (TypeError, ValueError):
-        pass
+        raise AssertionError(f"returned a {{type(got).__name__}}, not a JSON value") from None
     ok = got == expected or (unwrap and isinstance(expected, list) and len(expected) == 1 and got == expected[0])
     assert ok, f"returned {{got!r:.200}}, expected {{expected!r:.200}}"
 __distill_case({name!r}, __import__("json").loads({args!r}), __import__("json").loads({expected!r}), {unwrap!r})

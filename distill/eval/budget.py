@@ -65,7 +65,8 @@ def force(cfg: Any, task_name: str, records: list[Record], engine: Engine,
     if not engine.supports_continuation():
         raise DistillError(f"--min-thinking-tokens: the {engine.backend} backend cannot continue a sample; use "
                            f"--backend vllm")
-    template = prompt_template(dataset or task_name, cfg.prompt_template)
+    code = bool(getattr(cfg, "tests_key", None))  # a code data set: the code prompt, as generate used
+    template = prompt_template(dataset or task_name, cfg.prompt_template, code=code)
     tok = engine.tokenizer
     rendered: dict[str, Prompt] = {}
     for r in records:

@@ -1,6 +1,7 @@
 """Bundled tasks: `<name>.jsonl` rows `{id, problem, answer}` plus `<name>.yaml` (version, rows, sha256, answer
-type, verifier, an optional prompt template, provenance), found by globbing this folder. A new task is those two files; every stage reads them
-through `TASKS` / `get_task`, and rows are refused when their sha256 differs from the YAML's.
+type, verifier, an optional prompt template, provenance), found by globbing this folder. A new task is those two
+files; every stage reads them through `TASKS` / `get_task`, and rows are refused when their sha256 differs from the
+YAML's.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 import yaml
 
 from distill.errors import DistillError
-from distill.prompts import DEFAULT_TEMPLATE, check_template, load_template
+from distill.prompts import CODE_TEMPLATE, DEFAULT_TEMPLATE, check_template, load_template
 
 REBUILD = "python -m distill.tasks.build"
 
@@ -88,12 +89,13 @@ def load_task(name: str) -> list[dict[str, Any]]:
     return get_task(name).load()
 
 
-def prompt_template(dataset: str, override: str | None = None) -> str:
+def prompt_template(dataset: str, override: str | None = None, code: bool = False) -> str:
     """The user-turn template of a run on `dataset`: the --prompt-template file when given, else a bundled task's
-    own (code tasks ask for a code block, not a box), else the R1 default."""
+    own (code tasks ask for a code block, not a box), else the code prompt for a code dataset (`code`: its tests
+    were read with --tests-key), else the R1 default."""
     if override:
         return load_template(override)
     task = TASKS.get(str(dataset))
-    if task is not None and task.prompt_template and not Path(str(dataset)).exists():
-        return task.prompt_template
-    return DEFAULT_TEMPLATE
+    if task is not None and not Path(str(dataset)).exists():
+        return task.prompt_template or DEFAULT_TEMPLATE
+    return CODE_TEMPLATE if code else DEFAULT_TEMPLATE
