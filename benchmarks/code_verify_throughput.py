@@ -24,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from distill.verify.code import CodeVerifier, parse_spec, program_for
+from distill.data.code_spec import parse_spec
+from distill.verify.code import CodeVerifier, extract_code, program_for
 from distill.verify.sandbox import Limits, sandbox_info
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,8 +48,6 @@ def samples(limit: int | None) -> list[tuple[str, str, bool]]:
 
 
 def anchor(items: list[tuple[str, str, bool]]) -> tuple[float, list[bool]]:
-    from distill.verify.code import extract_code
-
     verdicts = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "sample.py"
@@ -73,7 +72,7 @@ def ours(items: list[tuple[str, str, bool]], workers: int) -> tuple[float, float
     startup = time.perf_counter() - start
     with CodeVerifier(workers=workers, limits=Limits(timeout_s=TIMEOUT_S)) as verifier:
         start = time.perf_counter()
-        verdicts = [v.correct for v in verifier.verify_many((c, s) for c, s, _ in items)]
+        verdicts = [v.correct for v in verifier.grade_many((c, s) for c, s, _ in items)]
         elapsed = time.perf_counter() - start
     print(f"# sandbox: {info['isolation']} ({info['network']}; {info['processes']}); "
           f"start-up (probe + warm launcher) {startup * 1000:.0f} ms; {workers} verifier threads")

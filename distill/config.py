@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from distill.data.code_tests import TESTS_FORMATS
 from distill.errors import DistillError
 
 
@@ -37,6 +38,10 @@ class DataSourceMixin:
     problem_key: str = opt("problem", "column holding the problem text")
     answer_key: str = opt("answer", "column holding the gold answer")
     id_key: str | None = opt(None, "column holding a stable problem id (default: a hash of the problem text)")
+    tests_key: str | None = opt(None, "code datasets: column holding each problem's tests (input_output, "
+                                      "verification_info, test_cases, ...); they become the gold answer, a test spec")
+    tests_format: str = opt("auto", "format of --tests-key: auto (from the column's name, else its content) | spec | "
+                                    "apps | open_r1 | livecodebench | humaneval | mbpp", choices=TESTS_FORMATS)
     skip_invalid: bool = opt(False, "count malformed input lines instead of failing on the first")
 
 

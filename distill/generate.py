@@ -26,6 +26,7 @@ from distill.data.record import Record
 from distill.engine import Engine, Request, Sample, Sampling, make_engine, model_identity, package_versions
 from distill.errors import DistillError
 from distill.redact import redact_url
+from distill.tasks import prompt_template
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +251,7 @@ def run(cfg: GenerateConfig, engine: Engine | None = None) -> dict[str, Any]:
     t0 = time.monotonic()
     validate(cfg)
     shard = parse_shard(cfg.shard)
-    template = prompts.load_template(cfg.prompt_template)
+    template = prompt_template(cfg.dataset, cfg.prompt_template, code=bool(cfg.tests_key))  # code: a code block
     source = source_name(cfg.dataset, cfg.source)
     all_problems = read_problems(cfg.dataset, **data_options(cfg), limit=cfg.limit)
     problems = [p for p in all_problems if in_shard(p.id, shard)]

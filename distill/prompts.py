@@ -1,6 +1,6 @@
-"""The R1 prompt and answer layout, defined once: the user turn, the boxed instruction, the <think> markers and
-prefill, the completion layout '<think>\n…\n</think>\n\n<answer>', where the answer part starts, the last box,
-and the SFT messages."""
+"""The R1 prompt and answer layout, defined once: the user turn, the boxed instruction (and the code tasks' code-block
+instruction), the <think> markers and prefill, the completion layout '<think>\n…\n</think>\n\n<answer>', where the
+answer part starts, the last box, and the SFT messages."""
 
 from __future__ import annotations
 
@@ -11,6 +11,10 @@ from distill.errors import DistillError
 
 R1_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 DEFAULT_TEMPLATE = "{problem}\n" + R1_INSTRUCTION.replace("{", "{{").replace("}", "}}")
+# Code tasks are graded on the last ```python block after </think> (verify/code.py), not on a box.
+CODE_INSTRUCTION = ("Please reason step by step, then give your complete solution as a single Python code block "
+                    "(```python ... ```) at the end of your answer.")
+CODE_TEMPLATE = "{problem}\n\n" + CODE_INSTRUCTION
 THINK_OPEN = "<think>"
 THINK_CLOSE = "</think>"
 THINK_PREFILL = THINK_OPEN + "\n"
@@ -25,13 +29,17 @@ def load_template(path: str | Path | None) -> str:
     p = Path(path)
     if not p.is_file():
         raise DistillError(f"prompt template {p}: file not found")
-    text = p.read_text(encoding="utf-8")
+    return check_template(p.read_text(encoding="utf-8"), f"prompt template {p}")
+
+
+def check_template(text: str, what: str) -> str:
+    """`text` if it is a user-turn template: {problem} in it, other braces doubled; else a DistillError about `what`."""
     try:
         text.format(problem="x")
     except (KeyError, IndexError, ValueError) as e:
-        raise DistillError(f"prompt template {p}: must contain {{problem}} and double other braces ({e!r})") from None
+        raise DistillError(f"{what}: must contain {{problem}} and double other braces ({e!r})") from None
     if "{problem}" not in text:
-        raise DistillError(f"prompt template {p}: must contain {{problem}}")
+        raise DistillError(f"{what}: must contain {{problem}}")
     return text
 
 

@@ -1,5 +1,6 @@
 """The code verifier: extraction, the test spec, every reason code, the pass fraction, the public-format
-converters, the bundled HumanEval/MBPP tasks (canonical solutions pass, broken ones fail), parallel order."""
+converters, the bundled HumanEval/MBPP tasks (canonical solutions pass, broken ones fail), parallel order, the
+verifier protocol (make_verifier("code"), Verdict, rewards)."""
 
 from __future__ import annotations
 
@@ -10,17 +11,20 @@ import pickle
 import sys
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
 
+from distill.data.code_spec import normalise_output, parse_spec
+from distill.data.code_tests import (from_apps, from_humaneval, from_livecodebench, from_mbpp, from_open_r1,
+                                     humaneval_solution)
+from distill.data.record import Record
 from distill.errors import DistillError
+from distill.verify import Verdict, make_verifier, rewards
 from distill.verify import code as vc
-from distill.verify import sandbox
-from distill.verify.code import (
-    CodeVerifier, extract_code, from_apps, from_humaneval, from_livecodebench, from_mbpp, from_open_r1,
-    normalise_output, parse_spec, verify_code,
-)
+from distill.verify import sandbox_host
+from distill.verify.code import CodeVerifier, extract_code, verify_code
 from distill.verify.sandbox import Limits
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox is Linux-only")
@@ -79,7 +83,8 @@ def test_output_normalisation():
 
 def test_correct_stdin_program():
     v = verify_code(block(ADD_PROGRAM), ADD_STDIN)
-    assert (v.correct, v.reason, v.passed, v.total, v.pass_fraction) == (True, "", 4, 4, 1.0)
+    assert isinstance(v, Verdict)
+    assert (v.correct, v.reason, v.score, v.reward, v.extracted_by) == (True, "", 1.0, 1.0, "code_block")
     assert v.extracted == ADD_PROGRAM + "\n"
 
 
@@ -91,8 +96,8 @@ def test_trailing_whitespace_and_crlf_are_forgiven():
 def test_pass_fraction_counts_each_case():
     program = "a, b = map(int, input().split())\nprint(a + b if a != 5 else 0)"
     v = verify_code(block(program), ADD_STDIN)
-    assert (v.correct, v.reason, v.passed, v.total, v.pass_fraction) == (False, "wrong_output", 3, 4, 0.75)
-    assert "case 3" in v.detail and "expected '10'" in v.detail
+    assert (v.correct, v.reason, v.score, v.reward) == (False, "wrong_output", 0.75, 0.75)
+    assert v.detail.startswith("3/4 passed") and "case 3" in v.detail and "expected '10'" in v.detail
 
 
 REASON_CASES = [
@@ -114,16 +119,16 @@ def test_every_reason_code(reason, completion, spec):
     v = verify_code(completion, spec, FAST)
     assert not v.correct and v.reason == reason and v.reason in vc.REASONS
     if reason == "code_missing":
-        assert v.extracted == "" and v.total == 4 and v.pass_fraction == 0.0
+        assert (v.extracted, v.extracted_by, v.score) == ("", "none", 0.0)
     else:
-        assert v.extracted
+        assert v.extracted and v.extracted_by == "code_block"
     if reason == "compile_error":
-        assert v.passed == 0 and "SyntaxError" in v.detail
+        assert v.score == 0.0 and "SyntaxError" in v.detail
 
 
 def test_sandbox_error_when_our_side_fails(monkeypatch):
-    monkeypatch.setattr(sandbox, "_CHILD", "/nonexistent/child.py")
-    monkeypatch.setattr(sandbox, "_ZYGOTE", sandbox._Zygote())  # a fresh launcher, which cannot start
+    monkeypatch.setattr(sandbox_host, "_CHILD", "/nonexistent/child.py")
+    monkeypatch.setattr(sandbox_host, "_ZYGOTE", sandbox_host._Zygote())  # a fresh launcher, which cannot start
     v = verify_code(block(ADD_PROGRAM), ADD_STDIN, FAST, isolation="fallback")
     assert (v.correct, v.reason) == (False, "sandbox_error")
 
@@ -137,7 +142,7 @@ def test_spec_timeout_overrides_the_limits():
 
 def test_one_process_per_problem_not_per_case(monkeypatch):
     calls = []
-    real = sandbox.run_cases
+    real = vc.run_cases
     monkeypatch.setattr(vc, "run_cases", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
     verify_code(block(ADD_PROGRAM), ADD_STDIN)
     assert calls == [4]
@@ -167,7 +172,15 @@ def test_call_cases_and_leetcode_solution_class():
     leetcode = "class Solution:\n    def twice(self, x):\n        return x * 2"
     assert verify_code(block(leetcode), spec).correct
     v = verify_code(block("def twice(x):\n    return tuple([x]) * 2 if isinstance(x, list) else x * 3"), spec)
-    assert (v.passed, v.reason) == (0, "wrong_output")
+    assert (v.score, v.reason) == (0.0, "wrong_output")
+
+
+def test_an_object_that_equals_anything_does_not_pass_a_call_case():
+    spec = json.dumps({"type": "functional", "entry_point": "f", "cases": [{"args": [1], "expected": 2}]})
+    always = "class Yes:\n    def __eq__(self, other):\n        return True\n\ndef f(x):\n    return Yes()"
+    v = verify_code(block(always), spec)
+    assert (v.correct, v.reason) == (False, "wrong_output") and "not a JSON value" in v.detail
+    assert verify_code(block("def f(x):\n    return (x + 1,)"), spec.replace("2}", "[2]}")).correct  # tuples: lists
 
 
 BAD_SPECS = [
@@ -253,14 +266,14 @@ def test_livecodebench_pickles_that_reference_code_are_refused():
 def test_from_humaneval_and_mbpp_fixtures():
     he = {"task_id": "X/0", "prompt": PROMPT, "entry_point": "total", "canonical_solution": "    return sum(xs)\n",
           "test": "def check(candidate):\n    assert candidate([3]) == 3\n"}
-    assert verify_code(block(vc.humaneval_solution(he)), from_humaneval(he)).correct
+    assert verify_code(block(humaneval_solution(he)), from_humaneval(he)).correct
     mbpp = {"code": "import math\ndef root(x):\n    return math.isqrt(x)", "test_imports": ["import math"],
             "test_list": ["assert root(9) == 3", "assert root(10) == math.isqrt(10)"]}
     spec = from_mbpp(mbpp)
     assert json.loads(spec)["entry_point"] == "root" and json.loads(spec)["setup"] == "import math"
     assert verify_code(block(mbpp["code"]), spec).correct
     v = verify_code(block("def root(x):\n    return 3 if x == 9 else 0"), spec)
-    assert (v.passed, v.total, v.reason) == (1, 2, "wrong_output")
+    assert (v.score, v.reason) == (0.5, "wrong_output")
 
 
 # --- the bundled tasks --------------------------------------------------------------------------------
@@ -317,7 +330,7 @@ def canonical_and_broken(step: int) -> list[tuple[str, str, str, bool]]:
 
 def check_canonical_and_broken(items) -> None:
     with CodeVerifier() as verifier:
-        verdicts = list(verifier.verify_many((c, s) for _, c, s, _ in items))
+        verdicts = list(verifier.grade_many((c, s) for _, c, s, _ in items))
     wrong = [(key, v.reason, v.detail) for (key, _, _, ok), v in zip(items, verdicts) if v.correct != ok]
     assert wrong == []
     assert all(v.reason in ("wrong_output", "runtime_error") for (_, _, _, ok), v in zip(items, verdicts) if not ok)
@@ -345,14 +358,35 @@ def test_verify_many_keeps_input_order_in_parallel():
         program = f"import time\ntime.sleep({0.3 if i < 4 else 0})\nprint({i if i % 2 == 0 else -1})"
         items.append((block(program), spec))
     with CodeVerifier(workers=4) as verifier:
-        verdicts = list(verifier.verify_many(items))
+        verdicts = list(verifier.grade_many(items))
     assert [v.correct for v in verdicts] == [i % 2 == 0 for i in range(12)]
     assert [v.extracted.splitlines()[-1] for v in verdicts] == [
         f"print({i if i % 2 == 0 else -1})" for i in range(12)]
 
 
-def test_verify_many_raises_on_a_bad_spec():
-    with CodeVerifier(workers=2) as verifier, pytest.raises(DistillError, match="code test spec"):
-        list(verifier.verify_many([(block(ADD_PROGRAM), ADD_STDIN), (block(ADD_PROGRAM), "{not json")]))
+def record(i: int, completion: str, answer: str) -> Record:
+    return Record(id=f"t/p{i}/0", problem_id=f"p{i}", problem="Add two numbers.", answer=answer,
+                  completion=completion, meta={"row": f"data.jsonl:{i + 1}"})
+
+
+def test_verify_many_raises_on_a_bad_spec_naming_the_row():
+    records = [record(0, block(ADD_PROGRAM), ADD_STDIN), record(1, block(ADD_PROGRAM), "42")]
+    with CodeVerifier(workers=2) as verifier, pytest.raises(DistillError, match="code test spec") as err:
+        list(verifier.verify_many(records))
+    assert str(err.value).startswith("data.jsonl:2: field 'answer'") and "--tests-key" in str(err.value)
     with pytest.raises(DistillError, match="workers"):
         CodeVerifier(workers=0)
+
+
+def test_the_verifier_seam_grades_records_and_gives_the_rl_reward():
+    """What filter, eval and an RL reward call: make_verifier("code", options).verify_many(records)."""
+    half = "a, b = map(int, input().split())\nprint(a + b + (a < 2))"
+    records = [record(0, block(ADD_PROGRAM), ADD_STDIN), record(1, block(half), ADD_STDIN),
+               record(2, "<think>\nhmm</think>\nNo code.", ADD_STDIN)]
+    with make_verifier("code", SimpleNamespace(workers=2)) as verifier:
+        assert verifier.name == "code" and verifier.version.startswith(vc.VERSION + " python==")
+        verdicts = list(verifier.verify_many(records))
+        assert rewards(verifier, records) == [1.0, 0.5, 0.0]
+    assert [(v.correct, v.reason, v.score) for v in verdicts] == [
+        (True, "", 1.0), (False, "wrong_output", 0.5), (False, "code_missing", 0.0)]
+    assert [v.extracted_by for v in verdicts] == ["code_block", "code_block", "none"]

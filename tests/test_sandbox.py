@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from distill.errors import DistillError
-from distill.verify import sandbox
+from distill.verify import sandbox, sandbox_host
 from distill.verify.sandbox import Case, Limits, run_cases, run_python, sandbox_info
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox is Linux-only")
@@ -71,7 +71,7 @@ def caller_unharmed():
     before = {p["Pid"] for p in my_descendants()}  # other tests' helpers (a grader's forkserver) were there already
     yield
     assert sandbox_processes() == []
-    zygote = str(sandbox._ZYGOTE.pid)  # the warm launcher lives on by design; nothing under it may
+    zygote = str(sandbox_host._ZYGOTE.pid)  # the warm launcher lives on by design; nothing under it may
     assert [p["Name"] for p in my_descendants() if p["Pid"] != zygote and p["Pid"] not in before] == []
     assert {r: resource.getrlimit(r) for r in limits} == limits
     assert os.getcwd() == cwd
@@ -152,8 +152,8 @@ def test_limits_are_checked():
 
 
 def test_our_own_failure_is_a_sandbox_error(monkeypatch):
-    monkeypatch.setattr(sandbox, "_CHILD", "/nonexistent/child.py")
-    monkeypatch.setattr(sandbox, "_ZYGOTE", sandbox._Zygote())  # a fresh launcher, which cannot start
+    monkeypatch.setattr(sandbox_host, "_CHILD", "/nonexistent/child.py")
+    monkeypatch.setattr(sandbox_host, "_ZYGOTE", sandbox_host._Zygote())  # a fresh launcher, which cannot start
     (r,) = run_cases("print(1)", [Case()], isolation="fallback")
     assert r.status == "sandbox_error"
 
@@ -257,7 +257,7 @@ def test_homes_and_the_callers_checkout_are_hidden():
     r = run_python(f"import os\nprint(os.path.exists({str(here)!r}), os.listdir('/root'))")
     assert r.status == "ok"
     exists, _ = r.stdout.split(" ", 1)
-    assert exists == ("False" if sandbox._under(str(here), os.getcwd()) else "True")
+    assert exists == ("False" if sandbox_host._under(str(here), os.getcwd()) else "True")
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -287,5 +287,5 @@ def test_a_daemonised_grandchild_does_not_survive(mode):
 def test_uid_leases_are_distinct():
     if os.geteuid() != 0:
         pytest.skip("uids are leased only when running as root")
-    with sandbox._UidLease() as a, sandbox._UidLease() as b:
+    with sandbox_host._UidLease() as a, sandbox_host._UidLease() as b:
         assert a != b and sandbox.UID_BASE <= min(a, b)

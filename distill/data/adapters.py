@@ -19,10 +19,17 @@ Formats (name: the datasets it covers → how a row becomes Records):
              answer = the solution's last \\boxed{} (or ""), meta.gold_answer=False. The `system` prompt is
              dropped (the R1 protocol has none), and so is the "Return your final response within \\boxed{}. "
              prefix these sets put before each problem (prompts.py adds our own instruction).
+- `openthoughts` the OpenThoughts-114k `metadata` subset → completion `<think>\\n{deepseek_reasoning}\\n</think>\\n\\n
+             {deepseek_solution}`; `domain` and `source` (as origin) go to meta. Gold: math rows the last \\boxed{}
+             of `ground_truth_solution`; code rows have none of their own: their tests are in `test_cases`
+             (read them with --tests-key test_cases, data/code_tests.py), answer "" otherwise.
 - `numina`   AI-MO/NuminaMath-CoT → completion = `solution` (no <think>, meta.has_think=False); gold = the
              `answer` column when present, else the last \\boxed{} of the solution.
 - `messages` any chat set with `messages[{role, content}]` → problem = the last user turn followed by an
              assistant turn, completion = that assistant turn; gold = `answer` column, else the boxed answer.
+
+With --tests-key (code datasets) every format's gold is replaced by the row's tests as spec JSON (the reader passes
+`gold` to iter_adapted).
 
 Ids follow the reader's rules (data/reader.py): problem_id = the dataset's id column (`uuid`, `id`) or the problem
 text's content id; source = the file/folder stem or the Hub id's last part. Where the gold does not come from a gold
@@ -203,6 +210,19 @@ def _sharegpt(row, where, source, index, meta) -> list[Record]:
                     answer_from="completion_boxed" if answer else "none")]
 
 
+def _openthoughts(row, where, source, index, meta) -> list[Record]:
+    problem = _str_field(row, "problem", where, "openthoughts")
+    thought = _str_field(row, "deepseek_reasoning", where, "openthoughts")
+    attempt = _str_field(row, "deepseek_solution", where, "openthoughts")
+    domain = text_value(row.get("domain"))
+    gold = "" if domain == "code" else _boxed(text_value(row.get("ground_truth_solution")))
+    extra = {"domain": domain} if domain else {}
+    if row.get("source") is not None:
+        extra["origin"] = row["source"]  # OpenThoughts' own `source` column (e.g. "apps"), not our source name
+    return [_record(source, content_id(problem), 0, problem, gold, _think(thought, attempt), {**meta, **extra}, where,
+                    model=R1_TEACHER, answer_from="solution_boxed" if gold else "none")]
+
+
 def _numina(row, where, source, index, meta) -> list[Record]:
     problem = _str_field(row, "problem", where, "numina")
     solution = _str_field(row, "solution", where, "numina")
@@ -230,6 +250,7 @@ FORMATS: dict[str, Adapter] = {
     "s1k": _s1k,
     "limo": _limo,
     "sharegpt": _sharegpt,
+    "openthoughts": _openthoughts,
     "numina": _numina,
     "messages": _messages,
 }
@@ -241,6 +262,7 @@ _SIGNATURES: tuple[tuple[str, frozenset[str]], ...] = (
     ("s1k", frozenset({"question", "solution", "deepseek_thinking_trajectory", "deepseek_attempt"})),
     ("s1k", frozenset({"question", "solution", "thinking_trajectories", "attempt"})),
     ("sharegpt", frozenset({"conversations"})),
+    ("openthoughts", frozenset({"problem", "deepseek_reasoning", "deepseek_solution"})),
     ("limo", frozenset({"question", "solution", "answer"})),
     ("numina", frozenset({"problem", "solution"})),
     ("messages", frozenset({"messages"})),
@@ -266,8 +288,9 @@ def check_format(name: str) -> str:
 
 def iter_adapted(rows: Iterator[tuple[str, dict[str, Any]]], fmt: str, source: str, dataset: str | Path,
                  split: str, subset: str | None, revision: str | None, skip_invalid: bool,
-                 stats: dict[str, int]) -> Iterator[Record]:
+                 stats: dict[str, int], gold: Callable[[dict[str, Any], str], str] | None = None) -> Iterator[Record]:
     """Rows of a published dataset in format `fmt` → Records (called by data/reader.py, which picks the format).
+    `gold(row, where)`, when given, replaces every record's answer (the reader's --tests-key).
     Malformed rows raise with their file:line, or with skip_invalid are counted in stats["invalid"] and logged."""
     adapter = FORMATS[fmt]
     per_problem: Counter = Counter()  # one-sample-per-row formats: a problem's rows are its samples 0, 1, ...
@@ -277,6 +300,10 @@ def iter_adapted(rows: Iterator[tuple[str, dict[str, Any]]], fmt: str, source: s
     for index, (where, row) in enumerate(rows):
         try:
             records = adapter(row, where, source, index, {**base, "row": where})
+            if gold is not None:
+                answer = gold(row, where)
+                for r in records:
+                    r.answer, r.answer_from = answer, ""
         except DistillError as e:
             if not skip_invalid:
                 raise

@@ -4,7 +4,9 @@ Inputs: a JSONL/JSON/Parquet/CSV file, a folder of such files (a `distill genera
 a `distill filter` output (its kept/ records only: never rejected/ or hub/), a bundled task name, or a Hub dataset
 id (--split/--subset/--revision). Samples arrive as distill records, as any columns named by --problem-key,
 --answer-key and --completion-key, or in a published format (data/adapters.py: detected from the columns, or
---format).
+--format). Code datasets name the column holding their tests with --tests-key (and --tests-format, else detected):
+the tests, converted to the spec JSON of data/code_spec.py (data/code_tests.py), become each row's gold `answer`;
+a row whose tests cannot be read fails with its file:line and the column.
 
 The id rule (problem_id), the same in generate, filter, sft, eval and grpo:
   1. a bundled task's own ids;  2. the column named by --id-key;  3. a record's stored problem_id (or the
@@ -46,7 +48,7 @@ class Problem:
 
 def data_options(cfg: Any) -> dict[str, Any]:
     """The reader options of a stage config (config.DataSourceMixin), as keywords."""
-    keys = ("problem_key", "answer_key", "id_key", "split", "subset", "revision")
+    keys = ("problem_key", "answer_key", "id_key", "tests_key", "tests_format", "split", "subset", "revision")
     return {k: getattr(cfg, k) for k in keys if hasattr(cfg, k)}
 
 
@@ -88,17 +90,30 @@ def rows(source: str | Path, split: str = "train", subset: str | None = None, re
         yield from iter_rows(source, split, subset, revision, skip_invalid, stats)
 
 
+def answer_from_tests(row: dict[str, Any], where: str, tests_key: str, tests_format: str = "auto") -> str:
+    """A row's tests (column `tests_key`) as spec JSON, the gold of a code problem; errors name the row and column."""
+    from distill.data.code_tests import spec_of_tests
+
+    require_columns(where, row, {"tests_key": tests_key})
+    try:
+        return spec_of_tests(row, tests_key, tests_format)
+    except DistillError as e:
+        raise DistillError(f"{where}: field '{tests_key}': {e}") from None
+
+
 def read_problems(source: str | Path, problem_key: str = "problem", answer_key: str = "answer",
                   id_key: str | None = None, split: str = "train", subset: str | None = None,
-                  revision: str | None = None, limit: int | None = None) -> list[Problem]:
+                  revision: str | None = None, limit: int | None = None, tests_key: str | None = None,
+                  tests_format: str = "auto") -> list[Problem]:
     """The problems of a dataset, unique by id (module doc: the id rule). A problem given twice without ids is kept
-    once, with a warning naming both rows; two rows with one --id-key value are an error."""
+    once, with a warning naming both rows; two rows with one --id-key value are an error. With `tests_key` the
+    gold is the row's tests (module doc)."""
     if _is_task(source):
         id_key = id_key or "id"
     out: list[Problem] = []
     seen: dict[str, str] = {}
     duplicates = 0
-    columns = {"problem_key": problem_key, "answer_key": answer_key}
+    columns = {"problem_key": problem_key} if tests_key else {"problem_key": problem_key, "answer_key": answer_key}
     if id_key:
         columns["id_key"] = id_key
     for where, row in rows(resolve_input(source), split, subset, revision):
@@ -108,7 +123,10 @@ def read_problems(source: str | Path, problem_key: str = "problem", answer_key: 
         problem = text_field(row[problem_key], problem_key, where)
         if not problem.strip():
             raise DistillError(f"{where}: field '{problem_key}' is empty; every problem needs text")
-        answer = text_field(row[answer_key], answer_key, where) if row[answer_key] is not None else ""
+        if tests_key:
+            answer = answer_from_tests(row, where, tests_key, tests_format)
+        else:
+            answer = text_field(row[answer_key], answer_key, where) if row[answer_key] is not None else ""
         pid = text_field(row[id_key], id_key, where) if id_key else content_id(problem)
         if pid in seen:
             if id_key:
@@ -131,14 +149,19 @@ def read_samples(source: str | Path, format: str | None = None, problem_key: str
                  answer_key: str | None = "answer", completion_key: str = "completion", id_key: str | None = None,
                  split: str = "train", subset: str | None = None, revision: str | None = None,
                  skip_invalid: bool = False, stats: dict[str, int] | None = None,
-                 name: str | None = None, problem_optional: bool = False) -> Iterator[Record]:
+                 name: str | None = None, problem_optional: bool = False, tests_key: str | None = None,
+                 tests_format: str = "auto") -> Iterator[Record]:
     """Records from any sample input (module doc). `answer_key=None`: the gold comes from elsewhere (eval --task),
-    rows need no answer column; `problem_optional`: rows that carry a problem_id need no problem text either.
+    rows need no answer column; `problem_optional`: rows that carry a problem_id need no problem text either;
+    `tests_key`: the gold is the row's tests, as spec JSON (module doc), in every format.
     Malformed rows raise with their file:line, or with skip_invalid are counted in stats["invalid"] and logged.
     Two rows with the same record id are an error."""
     from distill.data.adapters import check_format, detect_format, iter_adapted
 
     stats = {} if stats is None else stats
+    tests = (tests_key, tests_format) if tests_key else None
+    if tests:
+        answer_key = None  # the tests are the gold
     path = resolve_input(source)
     if path != str(source):
         log.info("%s: a filter output; reading its kept/ records", source)
@@ -156,8 +179,9 @@ def read_samples(source: str | Path, format: str | None = None, problem_key: str
         fmt = _detect(detect_format, columns)
     if fmt is not None and fmt != "records":
         log.info("%s: %s format '%s'", path, "reading" if format else "detected", fmt)
+        gold = (lambda row, where: answer_from_tests(row, where, *tests)) if tests else None
         yield from _unique(iter_adapted(_chain(first, found), fmt, src, path, split, subset, revision, skip_invalid,
-                                        stats), stats)
+                                        stats, gold), stats)
         return
     mapped = {k: v for k, v in keys.items() if v is not None}
     if problem_optional and (keys["id_key"] or "problem_id") in columns:
@@ -176,7 +200,7 @@ def read_samples(source: str | Path, format: str | None = None, problem_key: str
     def records() -> Iterator[Record]:
         for where, row in _chain(first, found):
             try:
-                yield _record(row, where, src, keys, counter, stats)
+                yield _record(row, where, src, keys, counter, stats, tests)
             except DistillError as e:
                 if not skip_invalid:
                     raise
@@ -199,7 +223,7 @@ def _chain(first, rest) -> Iterator[tuple[str, dict[str, Any]]]:
 
 
 def _record(row: dict[str, Any], where: str, source: str, keys: dict[str, str | None], counter: Counter,
-            stats: dict[str, int]) -> Record:
+            stats: dict[str, int], tests: tuple[str, str] | None = None) -> Record:
     """One row → a Record by the id and source rules (module doc)."""
     mapped = {k: v for k, v in keys.items() if v is not None}
     require_columns(where, row, mapped)
@@ -210,7 +234,9 @@ def _record(row: dict[str, Any], where: str, source: str, keys: dict[str, str | 
         if not problem.strip():
             raise DistillError(f"{where}: field '{keys['problem_key']}' is empty; every sample needs its problem")
     answer = ""
-    if keys["answer_key"] is not None:
+    if tests is not None:
+        answer = answer_from_tests(row, where, *tests)
+    elif keys["answer_key"] is not None:
         value = row[keys["answer_key"]]
         answer = text_field(value, keys["answer_key"], where) if value is not None else ""
     value = row[keys["completion_key"]]

@@ -22,6 +22,7 @@ from distill.data.io import atomic_write_json, read_records, write_jsonl
 from distill.data.record import Record
 from distill.engine import Engine, Prompt, Request, Sampling
 from distill.errors import DistillError
+from distill.tasks import prompt_template
 
 
 def check(cfg: Any) -> bool:
@@ -47,9 +48,11 @@ def native(cfg: Any, engine: Engine) -> bool:
     return bool(cfg.thinking_budget) and not cfg.min_thinking_tokens and engine.supports_thinking_budget()
 
 
-def force(cfg: Any, task_name: str, records: list[Record], engine: Engine) -> tuple[list[Record], dict[str, int]]:
+def force(cfg: Any, task_name: str, records: list[Record], engine: Engine,
+          dataset: str | None = None) -> tuple[list[Record], dict[str, int]]:
     """Continue generated records under the budget settings (module doc). The result is saved to
-    DIR/generations/<task>.budget-B-N.jsonl and reused when the same records come back (resume)."""
+    DIR/generations/<task>.budget-B-N.jsonl and reused when the same records come back (resume). `dataset`: what
+    generated them (a bundled task's own prompt template is theirs)."""
     from distill.generate import problem_seed
 
     # Named by the settings, so a rerun with another budget never picks up these continuations.
@@ -62,7 +65,8 @@ def force(cfg: Any, task_name: str, records: list[Record], engine: Engine) -> tu
     if not engine.supports_continuation():
         raise DistillError(f"--min-thinking-tokens: the {engine.backend} backend cannot continue a sample; use "
                            f"--backend vllm")
-    template = prompts.load_template(cfg.prompt_template)
+    code = bool(getattr(cfg, "tests_key", None))  # a code data set: the code prompt, as generate used
+    template = prompt_template(dataset or task_name, cfg.prompt_template, code=code)
     tok = engine.tokenizer
     rendered: dict[str, Prompt] = {}
     for r in records:

@@ -38,6 +38,8 @@ def build_results(cfg, scores: dict[str, dict], tasks: dict[str, dict], generati
             "reasons": s["reasons"],
             "extracted_by": s["extracted_by"],
             "answer_type": s["answer_type"],
+            "verifier": s.get("verifier"),
+            "verifier_version": s.get("verifier_version"),
             "clamped_prompts": gen.get("clamped_prompts"),
             **({"budget": gen["budget"]} if gen.get("budget") else {}),
         }
@@ -78,7 +80,8 @@ def provenance(cfg, tasks: dict[str, dict], generation: dict[str, dict], grader_
         "parallelism": {"tensor": cfg.tensor_parallel_size, "data": cfg.data_parallel_size,
                         "pipeline": cfg.pipeline_parallel_size},
         "backend": cfg.backend,
-        "prompt": {"template": cfg.prompt_template or "r1", "think_prefill": cfg.think_prefill,
+        "prompt": {"template": cfg.prompt_template or "task (a bundled task's own template, else r1)",
+                   "think_prefill": cfg.think_prefill,
                    "template_sha256": sha256_file(cfg.prompt_template)},
         "chat_template_sha256": _chat_template_hash(cfg.model, manifests),
         "tasks": {name: {k: v for k, v in t.items() if k != "dataset"} for name, t in tasks.items()},

@@ -8,6 +8,7 @@ exactly like generate; grading and scoring are redone from the shards each time 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -24,7 +25,7 @@ from distill.errors import DistillError
 from distill.eval import budget, report
 from distill.eval.score import grade_and_score
 from distill.verify.math import GRADER_VERSION
-from distill.tasks import TASKS, get_task
+from distill.tasks import TASKS, get_task, prompt_template
 
 log = logging.getLogger(__name__)
 
@@ -54,15 +55,17 @@ def resolve_task(name: str, cfg: EvalConfig) -> EvalTask:
         task = get_task(name)
         return EvalTask(name, name, True, answer_type or task.answer_type, verifier or task.verifier, {
             "bundled": True, "version": task.version, "rows": task.rows, "data_sha256": task.sha256,
-            "yaml_sha256": task.yaml_sha256, "source": task.source})
+            "yaml_sha256": task.yaml_sha256, "source": task.source,
+            "prompt_template_sha256": _sha256_text(prompt_template(name, cfg.prompt_template))})
+    verifier = verifier or ("code" if cfg.tests_key else "math")  # tests in a column: a code data set
     path = Path(name)
     if path.is_file():
-        return EvalTask(path.stem, str(path), False, answer_type or "auto", verifier or "math", {
+        return EvalTask(path.stem, str(path), False, answer_type or "auto", verifier, {
             "bundled": False, "data_sha256": report.sha256_file(path), "path": str(path.resolve())})
     if path.suffix or name.startswith((".", "/", "~")) or "/" not in name:
         raise DistillError(f"task {name!r}: not a bundled task and no such file; bundled tasks: {', '.join(TASKS)}")
     # A Hub dataset id: pinned by --revision, hashed by nobody (the revision is the provenance).
-    return EvalTask(name.replace("/", "__"), name, False, answer_type or "auto", verifier or "math", {
+    return EvalTask(name.replace("/", "__"), name, False, answer_type or "auto", verifier, {
         "bundled": False, "hub_id": name, "split": cfg.split, "subset": cfg.subset, "revision": cfg.revision})
 
 
@@ -92,11 +95,13 @@ def completions_records(cfg: EvalConfig) -> tuple[EvalTask, list[Record]]:
     else:
         task = EvalTask(Path(cfg.completions).stem, "", False,
                         "auto" if cfg.answer_type == "task" else cfg.answer_type,
-                        "math" if cfg.verifier == "task" else cfg.verifier,
+                        ("code" if cfg.tests_key else "math") if cfg.verifier == "task" else cfg.verifier,
                         {"bundled": False, "data_sha256": report.sha256_file(cfg.completions)})
     task.provenance["completions"] = str(cfg.completions)
     options = data_options(cfg)
     options["answer_key"] = None if gold is not None else cfg.answer_key
+    if gold is not None:
+        options["tests_key"] = None  # the task's tests are the gold
     records: list[Record] = []
     kept: set[str] = set()
     for r in read_samples(cfg.completions, format=cfg.format, completion_key=cfg.completion_key,
@@ -149,12 +154,16 @@ def generate_task(cfg: EvalConfig, task: EvalTask, engine: Engine) -> tuple[list
         if native:
             forced = {"mode": "engine (vLLM thinking_token_budget)", "thinking_budget": cfg.thinking_budget}
         else:
-            records, counts = budget.force(cfg, task.name, records, engine)
+            records, counts = budget.force(cfg, task.name, records, engine, dataset=task.dataset)
             forced = {"mode": "continuation (eval/budget.py)", **counts}
     limit = cfg.thinking_budget if cfg.thinking_budget and not native else cfg.max_tokens
     clamped = {r.problem_id for r in records if 0 < r.max_tokens < limit}
     return records, {"stats": gen_stats, "manifest": _read_json(Path(gcfg.out) / "manifest.json"),
                      "clamped_prompts": len(clamped), "budget": forced}
+
+
+def _sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _read_json(path: Path) -> dict | None:
@@ -167,6 +176,17 @@ def _read_json(path: Path) -> dict | None:
 
 
 # ---------------------------------------------------------------- the stage
+
+
+def _task_provenance(task: EvalTask, score: dict[str, Any]) -> dict[str, Any]:
+    """results.json provenance of one task: its data, and the verifier that graded it (code: what the sandbox did)."""
+    prov = {**task.provenance, "answer_type": task.answer_type, "verifier": task.verifier,
+            "verifier_version": score["verifier_version"]}
+    if task.verifier == "code":
+        from distill.verify.sandbox import sandbox_info
+
+        prov["sandbox"] = sandbox_info()
+    return prov
 
 
 def run(cfg: EvalConfig, engine: Engine | None = None) -> dict[str, Any]:
@@ -183,8 +203,8 @@ def run(cfg: EvalConfig, engine: Engine | None = None) -> dict[str, Any]:
         task, records = completions_records(cfg)
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out)
-        tasks[task.name] = {**task.provenance, "answer_type": task.answer_type, "verifier": task.verifier}
         graded, scores[task.name] = grade_and_score(records, task.name, task.verifier, task.answer_type, cfg)
+        tasks[task.name] = _task_provenance(task, scores[task.name])
         samples.extend(graded)
     else:
         if not cfg.model:
@@ -202,8 +222,8 @@ def run(cfg: EvalConfig, engine: Engine | None = None) -> dict[str, Any]:
         try:
             for task in resolved:
                 records, generation[task.name] = generate_task(cfg, task, engine)
-                tasks[task.name] = {**task.provenance, "answer_type": task.answer_type, "verifier": task.verifier}
                 graded, scores[task.name] = grade_and_score(records, task.name, task.verifier, task.answer_type, cfg)
+                tasks[task.name] = _task_provenance(task, scores[task.name])
                 samples.extend(graded)
         finally:
             if own:

@@ -86,6 +86,7 @@ def score_task(samples: list[dict], verifier: Verifier) -> dict[str, Any]:
         "extracted_by": dict(sorted(extracted_by.items())),
         "answer_type": getattr(verifier, "answer_type", None),
         "verifier": verifier.name,
+        "verifier_version": verifier.version,
     }
 
 

@@ -234,11 +234,13 @@ def _run(cfg: FilterConfig, names: list[str], out: Path, start: float) -> dict[s
             yield dataset.Item(record)
 
     verifiers = []
+    versions: dict[str, str] = {}
     stream: Iterable[dataset.Item] = items()
     try:
         for name in names:
             if name in VERIFIED_STEPS:
                 verifiers.append(make_verifier(VERIFIED_STEPS[name], cfg))
+                versions[name] = verifiers[-1].version
                 stream = dataset.verified(stream, verifiers[-1], name, cfg.chunk_size)
             elif name in built:
                 stream = _per_record(stream, built[name])
@@ -250,7 +252,7 @@ def _run(cfg: FilterConfig, names: list[str], out: Path, start: float) -> dict[s
     if n_input == 0:
         what = f"all {read_stats['invalid']} rows were invalid" if read_stats.get("invalid") else "it is empty"
         raise DistillError(f"{cfg.input}: no records to filter ({what}); check the input path")
-    stats = _stats(cfg, names, n_input, tallies, read_stats, built, time.time() - start)
+    stats = _stats(cfg, names, n_input, tallies, read_stats, built, time.time() - start, versions)
     atomic_write_json(out / "stats.json", stats)
     return stats
 
@@ -310,7 +312,7 @@ def _select_pass(pending_dir: Path, plan: dataset.SelectPlan, kept: PartWriter, 
 
 
 def _stats(cfg: FilterConfig, names: list[str], n_input: int, tallies: Counter, read_stats: dict[str, int],
-           built: dict[str, Any], wall: float) -> dict[str, Any]:
+           built: dict[str, Any], wall: float, versions: dict[str, str] | None = None) -> dict[str, Any]:
     from distill.verify.math import GRADER_VERSION
 
     rows, alive = [], n_input
@@ -329,6 +331,7 @@ def _stats(cfg: FilterConfig, names: list[str], n_input: int, tallies: Counter, 
         "steps": rows,
         "decontamination": dict(decon.hits) if decon is not None else {},
         "grader_version": GRADER_VERSION if "answer_correct" in names else None,
+        "verifier_versions": versions or {},  # per verified step (answer_correct, code_correct)
         # the extraction policy in force and how often each of its rules found the answer
         "answer_extraction": {"policy": cfg.answer_extraction, "extracted_by": {
             rule: n for (step, rule), n in sorted(tallies.items()) if step == "answer_extraction"}}

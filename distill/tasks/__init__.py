@@ -1,6 +1,7 @@
 """Bundled tasks: `<name>.jsonl` rows `{id, problem, answer}` plus `<name>.yaml` (version, rows, sha256, answer
-type, verifier, provenance), found by globbing this folder. A new task is those two files; every stage reads them
-through `TASKS` / `get_task`, and rows are refused when their sha256 differs from the YAML's.
+type, verifier, an optional prompt template, provenance), found by globbing this folder. A new task is those two
+files; every stage reads them through `TASKS` / `get_task`, and rows are refused when their sha256 differs from the
+YAML's.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from distill.errors import DistillError
+from distill.prompts import CODE_TEMPLATE, DEFAULT_TEMPLATE, check_template, load_template
 
 REBUILD = "python -m distill.tasks.build"
 
@@ -31,6 +34,7 @@ class Task:
     yaml_sha256: str
     source: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
+    prompt_template: str | None = None  # the user turn for this task ({problem}); None: the R1 default
 
     def load(self) -> list[dict[str, Any]]:
         """The rows, refusing data whose sha256 or row count differs from the YAML."""
@@ -57,10 +61,14 @@ def discover(folder: Any) -> dict[str, Task]:
             continue
         raw = entry.read_bytes()
         spec = yaml.safe_load(raw)
+        template = spec.get("prompt_template")
+        if template is not None:
+            check_template(template, f"{entry.name}: prompt_template")
         tasks[spec["name"]] = Task(
             name=spec["name"], version=int(spec["version"]), rows=int(spec["rows"]), answer_type=spec["answer_type"],
             verifier=spec.get("verifier", "math"), path=str(folder.joinpath(spec["data"])), sha256=spec["sha256"],
-            yaml_sha256=hashlib.sha256(raw).hexdigest(), source=spec.get("source") or {}, notes=spec.get("notes", ""))
+            yaml_sha256=hashlib.sha256(raw).hexdigest(), source=spec.get("source") or {}, notes=spec.get("notes", ""),
+            prompt_template=template)
     return tasks
 
 
@@ -79,3 +87,15 @@ def get_task(name: str) -> Task:
 
 def load_task(name: str) -> list[dict[str, Any]]:
     return get_task(name).load()
+
+
+def prompt_template(dataset: str, override: str | None = None, code: bool = False) -> str:
+    """The user-turn template of a run on `dataset`: the --prompt-template file when given, else a bundled task's
+    own (code tasks ask for a code block, not a box), else the code prompt for a code dataset (`code`: its tests
+    were read with --tests-key), else the R1 default."""
+    if override:
+        return load_template(override)
+    task = TASKS.get(str(dataset))
+    if task is not None and not Path(str(dataset)).exists():
+        return task.prompt_template or DEFAULT_TEMPLATE
+    return CODE_TEMPLATE if code else DEFAULT_TEMPLATE

@@ -1,8 +1,9 @@
 """Maintainer script: rebuild the bundled code tasks (humaneval, mbpp) from the shared source copies.
 
 Run `python -m distill.tasks.build_code [--shared PATH] [--out DIR]`; the output is deterministic. Rows are
-`{id, problem, answer, solution}`: `answer` is the test spec of distill.verify.code (JSON text) and
-`solution` the canonical solution as a whole program (what the tests use to show the tests are right).
+`{id, problem, answer, solution}`: `answer` is the test spec of distill.data.code_spec (JSON text) and
+`solution` the canonical solution as a whole program (what the tests use to show the tests are right). The YAML
+carries the code prompt (prompts.CODE_TEMPLATE): generate and eval use it unless --prompt-template is given.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from distill.verify.code import from_humaneval, from_mbpp, humaneval_solution
+from distill.data.code_tests import from_humaneval, from_mbpp, humaneval_solution
+from distill.prompts import CODE_TEMPLATE
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +118,7 @@ def build_task(name: str, root: Path, out: Path) -> str:
     digest = hashlib.sha256(data).hexdigest()
     spec = {
         "name": name, "version": version, "data": f"{name}.jsonl", "sha256": digest, "rows": len(rows),
-        "answer_type": "code", "verifier": "code", "source": source, "notes": notes,
+        "answer_type": "code", "verifier": "code", "prompt_template": CODE_TEMPLATE, "source": source, "notes": notes,
     }
     text = yaml.dump(spec, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=110)
     (out / f"{name}.yaml").write_bytes((_HEADER + text).encode("utf-8"))

@@ -2,11 +2,11 @@
 
 A verifier is built once for a run by `make_verifier(name, options)` (worker processes, timeouts) and grades many
 records: `verify_many(records) -> Iterator[Verdict]`, in input order. `verify(record)` grades one record in this
-process. A reward function is a thin wrapper around the verdict (train/rewards.py), never a second definition.
+process. An RL reward is `Verdict.reward` (`rewards(verifier, records)`), never a second definition of correct.
 
 - `math` (verify/math.py): the final answer after `</think>` against the gold answer; Math-Verify equivalence.
-- `code` (verify/code.py): the final code block against the record's tests (its `answer`: a JSON test spec), run in
-  a sandbox; `score` is the pass fraction.
+- `code` (verify/code.py): the final code block against the record's tests (its `answer`: a JSON test spec,
+  data/code_spec.py), run in a sandbox (verify/sandbox.py); `score` is the share of tests passed.
 
 A new verifier is one module with a class having `verify_many` and `close`, plus its entry in VERIFIERS.
 """
@@ -27,6 +27,7 @@ class Verdict:
     extracted: str  # what was graded: the extracted answer, the code ("" when none)
     extracted_by: str = "none"  # the extraction rule that found it (math: verify.math_extract.RULES)
     score: float | None = None  # partial credit where the verifier defines it (code: the share of tests passed)
+    detail: str = ""  # one line on why, where the verifier says more than the reason (code: the first failing case)
 
     @property
     def reward(self) -> float:
@@ -54,6 +55,7 @@ def _math(options: Any) -> Verifier:
 def _code(options: Any) -> Verifier:
     from distill.verify.code import CodeVerifier
 
+    # Per-case limits are the sandbox's defaults (verify/sandbox.py Limits), a problem's own `timeout_s` aside.
     return CodeVerifier(workers=getattr(options, "workers", None))
 
 
@@ -66,6 +68,12 @@ def make_verifier(name: str, options: Any = None) -> Verifier:
     if name not in VERIFIERS:
         raise DistillError(f"unknown verifier {name!r}; choose one of {', '.join(VERIFIERS)}")
     return VERIFIERS[name](options)
+
+
+def rewards(verifier: Verifier, records: Iterable[Any]) -> list[float]:
+    """RL rewards for records (completion + gold `answer`), in order: each verdict's `reward` (math: 1/0; code: the
+    share of tests passed). Build the verifier once per run with make_verifier and reuse it for every batch."""
+    return [v.reward for v in verifier.verify_many(records)]
 
 
 def verify(record: Any, name: str = "math", options: Any = None) -> Verdict:

@@ -4,8 +4,12 @@ The zygote (root, warm, no untrusted code) reads jobs (marshal, from the trusted
 forks one launcher per job. The launcher isolates itself, then runs every test case in a forked process with
 its own limits and an unprivileged uid, and writes one line per event on the job's stdout pipe: the repr()
 of a dict of plain values, which the parent reads with ast.literal_eval (no code runs). The parent trusts
-nothing here beyond those lines; untrusted code only ever runs in the forked case processes. This module
-imports as little as it can (no json, no re, no traceback): a case process starts as a fork of it.
+nothing here beyond those lines; untrusted code only ever runs in the forked case processes.
+
+This file is the zygote, the launcher and the harness loop; the harness's side of one case is _sandbox_watch.py
+and the case process itself _sandbox_case.py. Both are loaded by path (no distill package is on this interpreter's
+path) before any job, so a case process starts as a fork of all three, which import as little as they can (no
+json, no re, no traceback).
 
 Process layout with namespaces: zygote -> fork per job -> launcher (root) -> unshare(net, mount, pid, ipc) ->
 fork -> harness (pid 1 of the new pid namespace, root) -> fork per case -> the case (sandbox uid, rlimits).
@@ -15,23 +19,37 @@ Without namespaces the launcher is the harness itself.
 """
 
 import ctypes
-import io
 import marshal
-import math
 import os
-import resource
-import select
 import signal
 import stat
 import sys
 import time
 import types
 
+
+def _load(name: str) -> types.ModuleType:
+    """A sibling file as a module, by path: with `-I` this folder is not on sys.path, and putting it there would let
+    its other files (code.py, math.py) shadow the standard library."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py")
+    module = types.ModuleType(name)
+    module.__file__ = path
+    with open(path, "rb") as f:
+        exec(compile(f.read(), path, "exec", dont_inherit=True), module.__dict__)
+    return module
+
+
+_case = _load("_sandbox_case")
+_watch = _load("_sandbox_watch")
+_watch._case = _case
+_c, _check, _prctl, _last_line = _case._c, _case._check, _case._prctl, _case._last_line
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = (
+    _case.PR_SET_PDEATHSIG, _case.PR_SET_DUMPABLE, _case.PR_SET_CHILD_SUBREAPER)
+
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x08000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND = 1, 2, 4, 8, 32, 4096
 MS_REC, MS_PRIVATE, MS_RELATIME = 16384, 1 << 18, 1 << 21
 MNT_DETACH = 2
-PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
 
 # Mounts left as they are: /proc is replaced, /dev holds /dev/null and friends, /sys is not writable by the uid.
 _KEEP_MOUNTS = ("/proc", "/dev", "/sys")
@@ -43,32 +61,10 @@ _PRELOAD = (
     "typing", "enum", "numbers", "textwrap", "unicodedata", "cmath", "queue", "abc", "contextlib", "traceback",
 )
 
-# What a case process may report about itself (with the nonce); timeouts and limits are decided here.
-_CASE_STATUSES = ("ok", "compile_error", "runtime_error", "assertion_failed", "memory", "sandbox_error")
-
-_libc = None
-
-
-def _c():
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    return _libc
-
-
-def _check(rc: int, what: str) -> None:
-    if rc != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, f"{what}: {os.strerror(e)}")
-
 
 def _mount(src, target, fstype, flags, data=None) -> None:
     enc = lambda s: None if s is None else os.fsencode(s)  # noqa: E731
     _check(_c().mount(enc(src), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)), f"mount {target}")
-
-
-def _prctl(option: int, arg: int) -> None:
-    _check(_c().prctl(option, ctypes.c_ulong(arg), 0, 0, 0), f"prctl {option}")
 
 
 def _emit(obj: dict) -> None:
@@ -163,356 +159,6 @@ def _make_workdir(path: str, uid, gid) -> None:
     os.chmod(path, 0o700)
 
 
-# --- the fallback guard (no namespaces): refuse what the kernel would otherwise allow ---------------
-
-
-def _install_guard(workdir: str) -> None:
-    """An audit hook in the case process: no sockets but AF_UNIX ones, no writes outside `workdir`, no exec/ctypes.
-
-    Weaker than namespaces (C extensions that make syscalls directly are not seen), hence only a fallback.
-    """
-    import socket as _socket
-
-    root = os.path.realpath(workdir)
-    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-    path_events = {
-        "os.remove", "os.rename", "os.replace", "os.mkdir", "os.rmdir", "os.chmod", "os.chown", "os.link",
-        "os.symlink", "os.truncate", "os.utime", "os.chflags", "os.lchflags", "os.mkfifo", "os.mknod",
-        "shutil.rmtree", "shutil.copyfile", "shutil.move",
-    }
-    refused = {"subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.forkpty",
-               "ctypes.dlopen", "ctypes.dlsym", "ctypes.cdata", "os.setuid", "pty.spawn"}
-    realpath, fspath = os.path.realpath, os.fspath
-
-    def inside(p) -> bool:
-        if isinstance(p, int):
-            return True  # an fd already open
-        try:
-            full = realpath(fspath(p))
-        except (TypeError, ValueError):
-            return False
-        if isinstance(full, bytes):
-            full = os.fsdecode(full)
-        return full == root or full.startswith(root + "/") or full in ("/dev/null",)
-
-    def hook(event, args):
-        if event == "open":
-            path, mode, flags = args
-            writing = (isinstance(flags, int) and flags & write_flags) or (
-                isinstance(mode, str) and any(c in mode for c in "wax+"))
-            if writing and not inside(path):
-                raise PermissionError(f"sandbox: writing outside the working directory is refused: {path!r}")
-        elif event in path_events:
-            for p in args[:2]:
-                if isinstance(p, (str, bytes, os.PathLike)) and not inside(p):
-                    raise PermissionError(f"sandbox: {event} outside the working directory is refused")
-        elif event == "socket.__new__":
-            if args[1] != _socket.AF_UNIX:
-                raise PermissionError("sandbox: network access is refused (no network namespace on this machine)")
-        elif event in ("socket.connect", "socket.bind", "socket.sendto", "socket.sendmsg"):
-            addr = args[1]
-            if isinstance(addr, (str, bytes)) and addr[:1] not in ("\0", b"\0"):
-                raise PermissionError("sandbox: unix sockets on the filesystem are refused")
-        elif event in refused:
-            raise PermissionError(f"sandbox: {event} is refused (no namespaces on this machine)")
-
-    sys.addaudithook(hook)
-
-
-# --- one test case ---------------------------------------------------------------------------------
-
-
-def _case_main(job: dict, case: dict, fds: dict, nonce: str) -> None:
-    """In the forked case process: drop to the sandbox uid under rlimits, run the program, report."""
-    lim = job["limits"]
-    os.setpgid(0, 0)
-    for target, fd in ((0, fds["stdin"]), (1, fds["stdout"]), (2, fds["stderr"]), (3, fds["result"])):
-        os.dup2(fd, target)
-    os.closerange(4, 1 << 16)
-    try:
-        _prctl(PR_SET_NO_NEW_PRIVS, 1)
-    except OSError:
-        pass
-    cpu = max(1, math.ceil(lim["timeout_s"]))
-    memory = lim["memory_mb"] << 20
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
-    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
-    resource.setrlimit(resource.RLIMIT_DATA, (memory, memory))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (lim["file_bytes"], lim["file_bytes"]))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (lim["open_files"], lim["open_files"]))
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if job["uid"] is None and os.getuid() != 0:
-        # Not root: RLIMIT_NPROC counts all of our uid's processes, so allow what runs already plus the limit.
-        nproc = len(_uid_processes(os.getuid())) + lim["processes"]
-        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
-    if job["uid"] is not None:
-        resource.setrlimit(resource.RLIMIT_NPROC, (lim["processes"], lim["processes"]))
-        os.setgroups([])
-        os.setgid(job["gid"])
-        os.setuid(job["uid"])
-        _prctl(PR_SET_DUMPABLE, 1)  # /proc/self (and so /dev/stdin) belongs to the case again
-    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # set after the uid change, which clears it: dies with the harness
-    os.chdir(job["workdir"])
-    os.umask(0o077)
-
-    # Fresh text streams on the new fds (the inherited ones buffer the harness's own stdin/stdout).
-    sys.stdin = sys.__stdin__ = io.TextIOWrapper(
-        io.BufferedReader(io.FileIO(0, "r", closefd=False)), encoding="utf-8", errors="replace")
-    sys.stdout = sys.__stdout__ = io.TextIOWrapper(
-        io.BufferedWriter(io.FileIO(1, "w", closefd=False), 1 << 16), encoding="utf-8", errors="replace")
-    sys.stderr = sys.__stderr__ = io.TextIOWrapper(
-        io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace", write_through=True)
-    stdout = sys.stdout
-    # Pre-encoded: after a MemoryError there may be no room to build a message.
-    memory_msg = f"{nonce} memory MemoryError\n".encode()
-
-    def report(status: str, detail: str = "") -> None:
-        try:
-            for s in {id(stdout): stdout, id(sys.stdout): sys.stdout}.values():
-                s.flush()
-        except BaseException:  # noqa: BLE001 - a closed or replaced stdout must not hide the verdict
-            pass
-        one_line = " ".join(detail[:500].split())
-        msg = memory_msg if status == "memory" else f"{nonce} {status} {one_line}\n".encode("utf-8", "replace")
-        try:
-            os.write(3, msg)
-        finally:
-            os._exit(0)
-
-    if job["isolation"] == "fallback":
-        _install_guard(job["workdir"])
-    main = types.ModuleType("__main__")
-    main.__file__ = "solution.py"
-    sys.modules["__main__"] = main
-    sys.argv = ["solution.py"]
-    sys.path[:] = job["sys_path"]
-    then = case.get("then")
-    try:
-        code = compile(job["program"], "solution.py", "exec", dont_inherit=True)
-    except MemoryError:
-        report("memory")
-    except SyntaxError as e:
-        report("compile_error", f"{type(e).__name__}: {e.msg} (line {e.lineno})")
-    except (ValueError, OverflowError, RecursionError) as e:
-        report("compile_error", f"{type(e).__name__}: {e}")
-    try:
-        then_code = compile(then, "test.py", "exec", dont_inherit=True) if then else None
-    except BaseException as e:  # noqa: BLE001 - the test is the gold's, not the model's
-        report("sandbox_error", f"test code does not compile: {type(e).__name__}: {e}")
-    phase = "program"
-    try:
-        exec(code, main.__dict__)
-        if then_code is not None:
-            phase = "test"
-            exec(then_code, main.__dict__)
-    except SystemExit as e:
-        if then_code is None and e.code in (None, 0):
-            report("ok")
-        # A program that exits before its tests ran has not passed them (sys.exit(0) is a known reward hack).
-        report("runtime_error", f"SystemExit({e.code!r}) during the {phase}")
-    except MemoryError:
-        report("memory")
-    except AssertionError as e:
-        _print_exception(e)
-        report("assertion_failed" if phase == "test" else "runtime_error", f"AssertionError: {e}"[:300])
-    except BaseException as e:  # noqa: BLE001 - anything the program raises is its verdict
-        _print_exception(e)
-        report("runtime_error", f"{type(e).__name__}: {e}"[:300])
-    report("ok")
-
-
-def _print_exception(e: BaseException) -> None:
-    try:  # the interpreter's own printer: no traceback module to import (or to be unable to read)
-        sys.__excepthook__(type(e), e, e.__traceback__)
-    except BaseException:  # noqa: BLE001 - a broken stderr must not hide the verdict
-        pass
-
-
-def _last_line(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}".strip().splitlines()[-1][:300]
-
-
-def _signal_name(num: int) -> str:
-    try:
-        return signal.Signals(num).name
-    except ValueError:
-        return f"signal {num}"
-
-
-def _kill_others(job: dict, pgid: int) -> None:
-    """Kill whatever the case left behind: everyone else in our pid namespace, or else its uid and group."""
-    if job["pidns"]:
-        try:
-            os.kill(-1, signal.SIGKILL)  # as pid 1 of the namespace: every other process in it
-        except ProcessLookupError:
-            pass
-        return
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    if job["uid"] is not None:
-        _sweep_uid(job["uid"])
-
-
-def _uid_processes(uid: int) -> list[int]:
-    """Live (not zombie) processes whose real uid is `uid`."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/status", "rb") as f:
-                for line in f:
-                    if line.startswith(b"State:") and line.split()[1] in (b"Z", b"X"):
-                        break  # dead already; its parent reaps it
-                    if line.startswith(b"Uid:"):
-                        if int(line.split()[1]) == uid:
-                            found.append(int(name))
-                        break
-        except (OSError, ValueError):
-            continue
-    return found
-
-
-def _sweep_uid(uid: int) -> None:
-    """SIGKILL every process whose real uid is `uid` until none is left (they may have left our group).
-
-    Not kill(-1) as that uid: it reports success even when every target refused, so it cannot say "done".
-    """
-    for _ in range(2000):
-        found = _uid_processes(uid)
-        if not found:
-            return
-        for pid in found:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        _reap({"pidns": False})
-        time.sleep(0.001)
-
-
-def _reap(job: dict) -> None:
-    """Reap exited children (orphans come to us as pid 1 of the namespace)."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, 0 if job["pidns"] else os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-
-
-def _run_case(job: dict, case: dict, deadline: float) -> dict:
-    lim = job["limits"]
-    nonce = os.urandom(16).hex()
-    stdin_fd = os.memfd_create("stdin")
-    data = case.get("stdin", "").encode("utf-8")
-    view = memoryview(data)
-    while view:
-        view = view[os.write(stdin_fd, view):]
-    os.lseek(stdin_fd, 0, os.SEEK_SET)
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    res_r, res_w = os.pipe()
-    start = time.monotonic()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(out_r), os.close(err_r), os.close(res_r)
-            _case_main(job, case, {"stdin": stdin_fd, "stdout": out_w, "stderr": err_w, "result": res_w}, nonce)
-        except BaseException:  # noqa: BLE001 - our own setup failed: say so on the result pipe (fd 3 by now)
-            try:
-                os.write(3, f"{nonce} sandbox_error case setup: {_last_line(sys.exc_info()[1])}\n".encode())
-            except BaseException:  # noqa: BLE001
-                pass
-        os._exit(70)
-    for fd in (stdin_fd, out_w, err_w, res_w):
-        os.close(fd)
-    wall = min(2 * lim["timeout_s"] + 1, max(0.0, deadline - start))
-    out, err, res = bytearray(), bytearray(), bytearray()
-    out_cap, err_keep = lim["output_bytes"], 4096
-    killed = ""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        pidfd = None
-    open_fds = {out_r: out, err_r: err, res_r: res}
-    exited = False
-    status = None
-    while not exited or open_fds:
-        now = time.monotonic()
-        if not exited and now - start > wall:
-            killed = "timeout"
-            os.kill(pid, signal.SIGKILL)
-        watch = list(open_fds) + ([pidfd] if pidfd is not None and not exited else [])
-        if exited:  # the case is over: leftovers were killed, drain what is buffered and stop
-            timeout = 0.2
-        else:
-            timeout = max(0.0, min(wall - (now - start), 0.05 if pidfd is None else 1.0))
-        ready, _, _ = select.select(watch, [], [], timeout)
-        if not exited and (pidfd in ready or pidfd is None or killed):
-            got, status, usage = os.wait4(pid, os.WNOHANG if not killed else 0)
-            if got == pid:
-                exited = True
-                elapsed = time.monotonic() - start
-                _kill_others(job, pid)
-                _reap(job)
-                continue
-        if exited and not ready:
-            break
-        for fd in ready:
-            if fd == pidfd:
-                continue
-            chunk = os.read(fd, 1 << 16)
-            if not chunk:
-                os.close(fd)
-                del open_fds[fd]
-                continue
-            buf = open_fds[fd]
-            buf += chunk
-            if fd == out_r and len(buf) > out_cap and not killed:
-                killed = "output_limit"
-                del buf[out_cap:]
-                os.kill(pid, signal.SIGKILL)
-            elif fd == out_r and len(buf) > out_cap:
-                del buf[out_cap:]
-            elif fd == err_r and len(buf) > 2 * err_keep:
-                del buf[:-err_keep]
-            elif fd == res_r and len(buf) > 1 << 16:
-                del buf[1 << 16:]
-    for fd in open_fds:
-        os.close(fd)
-    if pidfd is not None:
-        os.close(pidfd)
-    result = {"stdout": out.decode("utf-8", "replace"), "stderr": bytes(err[-err_keep:]).decode("utf-8", "replace"),
-              "time_s": round(elapsed, 4)}
-    cpu_used = usage.ru_utime + usage.ru_stime
-    message = None
-    for line in bytes(res).decode("utf-8", "replace").splitlines():
-        parts = line.split(" ", 2)
-        if len(parts) >= 2 and parts[0] == nonce and parts[1] in _CASE_STATUSES:
-            message = {"status": parts[1], "detail": parts[2] if len(parts) > 2 else ""}
-            break
-    if killed == "output_limit":
-        return result | {"status": "output_limit", "detail": f"printed more than {out_cap} bytes"}
-    if killed == "timeout":
-        return result | {"status": "timeout", "detail": f"ran past the {wall:.1f} s wall clock"}
-    if message is not None and os.WIFEXITED(status):
-        return result | {"status": message["status"], "detail": message.get("detail", "")}
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_used >= math.ceil(lim["timeout_s"]) - 0.05):
-            limit = math.ceil(lim["timeout_s"])
-            return result | {"status": "timeout", "detail": f"hit the CPU time limit ({limit} s)"}
-        if sig == signal.SIGKILL:  # not ours, not the CPU limit: the kernel's OOM killer
-            return result | {"status": "memory", "detail": "killed (out of memory)"}
-        return result | {"status": "runtime_error", "detail": f"killed by {_signal_name(sig)}"}
-    code = os.WEXITSTATUS(status)
-    return result | {"status": "runtime_error", "detail": f"exited with status {code} before finishing"}
-
-
 # --- the harness -----------------------------------------------------------------------------------
 
 
@@ -544,7 +190,7 @@ def _harness(job: dict, info: dict) -> None:
             res = {"status": "timeout", "detail": "the problem's total time limit ran out before this case",
                    "stdout": "", "stderr": "", "time_s": 0.0}
         else:
-            res = _run_case(job, case, deadline)
+            res = _watch._run_case(job, case, deadline)
             if res["status"] == "compile_error":
                 compile_failed = res["detail"]
         _emit({"event": "case", "i": i, **res})
