@@ -34,7 +34,7 @@ from distill.prompts import THINK_PREFILL, generation_prompt, user_prompt
 
 log = logging.getLogger(__name__)
 
-TOY_VERSION = 3  # bump when the task, tokenizer or teacher recipe changes: it keys the teacher cache
+TOY_VERSION = 4  # bump when the task, tokenizer or teacher recipe changes: it keys the teacher cache
 MAX_LENGTH = 256  # tokens per training sample; toy samples are ~60-80
 MODEL = dict(hidden_size=128, layers=2, heads=4)
 LR = 3e-3
@@ -104,8 +104,10 @@ def fit(model_dir: str | Path, pairs: list[tuple[str, str]], temperature: float 
 
 def train_until_fit(cfg: DemoConfig, who: str, student: Path, data: Path, out: Path, steps: int,
                     pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
-    """`steps` optimizer steps with distill sft, then rounds of steps/2 more at a third of the learning rate from the
-    weights so far, until fit >= cfg.fit_target; a one-line error after cfg.max_rounds. Returns the rounds."""
+    """`steps` optimizer steps with distill sft, then rounds of steps/2 more (a warm restart of the same schedule,
+    from the weights so far) until fit >= cfg.fit_target; a one-line error after cfg.max_rounds. Returns the rounds.
+    The learning rate stays high in every round: measured on this task, the transition to a model that fits comes
+    while it is high (a third of it barely moved a stuck model: 71% → 78% in 400 steps)."""
     from distill.train.sft import run as sft
 
     rounds, start, lr, n = [], student, LR, steps
@@ -125,7 +127,7 @@ def train_until_fit(cfg: DemoConfig, who: str, student: Path, data: Path, out: P
             shutil.rmtree(out, ignore_errors=True)
             work.rename(out)
             return rounds
-        lr, n = LR / 3, max(1, steps // 2)
+        n = max(1, steps // 2)
     raise DistillError(f"demo: the toy {who} reached fit {100 * score:.1f}% after {sum(r['steps'] for r in rounds)} "
                        f"steps in {len(rounds)} rounds, below the {100 * cfg.fit_target:.0f}% the demo needs; rerun "
                        f"with --max-rounds {cfg.max_rounds + 3}, or report your CPU and torch version as an issue")
@@ -146,14 +148,13 @@ def _teacher_recipe(cfg: DemoConfig) -> dict[str, Any]:
 
 def build_teacher(cfg: DemoConfig) -> tuple[Path, dict[str, Any]]:
     """Train the toy teacher from scratch on gold traces until it fits (module doc); reuse it when the recipe
-    matches and it still passes the check."""
+    matches (the cache keeps its training report, fit included)."""
     from distill.tiny import build_model, build_tokenizer
 
     recipe = _teacher_recipe(cfg)
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     root = Path(cfg.cache_dir).expanduser() / f"teacher-{key}"
     final = root / "model"
-    check = [(p["problem"], toy_trace(p["terms"])) for p in toy_problems(FIT_SAMPLES, seed=cfg.seed + 5)]
     if (final / "config.json").exists() and (root / "recipe.json").is_file():
         report = json.loads((root / "recipe.json").read_text())["report"]
         log.info("demo: toy teacher from cache %s (fit %.1f%%)", final, report["rounds"][-1]["fit"])
@@ -168,6 +169,7 @@ def build_teacher(cfg: DemoConfig) -> tuple[Path, dict[str, Any]]:
     write_jsonl(root / "gold.jsonl", records)
     log.info("demo: training the toy teacher (%d gold traces, %d steps; cached for next time)", len(records),
              cfg.teacher_steps)
+    check = [(p["problem"], toy_trace(p["terms"])) for p in toy_problems(FIT_SAMPLES, seed=cfg.seed + 5)]
     rounds = train_until_fit(cfg, "teacher", root / "init", root / "gold.jsonl", final, cfg.teacher_steps, check)
     report = {"rounds": rounds, "fit_on": f"{FIT_SAMPLES} gold traces of unseen problems"}
     atomic_write_json(root / "recipe.json", {**recipe, "report": report})
