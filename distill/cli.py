@@ -22,6 +22,7 @@ HELP = {
     "generate": "Teacher writes n <think> traces per problem (vLLM or an OpenAI-compatible server), resumably.",
     "filter": "Keep verified-correct, well-formed, non-truncated, decontaminated traces; report the funnel.",
     "sft": "Fine-tune a student with TRL on <think>-formatted samples (full or LoRA).",
+    "kd": "On-policy distillation (GKD): the student samples, the teacher's per-token distribution trains it.",
     "eval": "Score a model on AIME24/25, MATH-500, AMC23, ... the R1 way (pass@1 over n samples).",
     "publish": "Push a curated dataset to the Hugging Face Hub with a provenance card.",
     "demo": "The whole loop, offline, on a toy task: generate → filter → sft → eval.",
@@ -33,7 +34,8 @@ def _runner(stage: str):
     import importlib
 
     modules = {"generate": "distill.generate", "filter": "distill.filters.run", "sft": "distill.train.sft",
-               "eval": "distill.eval.run", "publish": "distill.data.publish", "demo": "distill.demo"}
+               "kd": "distill.train.kd", "eval": "distill.eval.run", "publish": "distill.data.publish",
+               "demo": "distill.demo"}
     return importlib.import_module(modules[stage]).run
 
 

@@ -213,10 +213,41 @@ class DemoConfig:
     seed: int = opt(0, "seed for the toy data, the models and sampling")
 
 
+@dataclass
+class KdConfig(DataSourceMixin):
+    student: str = opt("", "student model (usually a `distill sft` output): local path or Hub id", required=True)
+    teacher: str = opt("", "teacher model sharing the student's tokenizer: local path or Hub id", required=True)
+    data: str = opt("", "problems: JSONL/Parquet/CSV file, dataset folder, bundled task name or Hub id", required=True)
+    out: str = opt("", "output directory for the model, checkpoints and stats.json", required=True)
+    lmbda: float = opt(1.0, "on-policy fraction λ: share of steps on which the student writes the samples; the rest "
+                            "train on samples the teacher writes (sequence-level KD)")
+    beta: float = opt(1.0, "generalised JSD β: 0 forward KL, 0.5 JSD, 1 reverse KL (student‖teacher, mode-seeking)")
+    temperature: float = opt(1.0, "sampling temperature of the on-policy (and teacher) samples")
+    max_new_tokens: int = opt(4096, "max tokens per sample the student (or teacher) writes during training")
+    epochs: float = opt(1.0, "passes over the problems")
+    learning_rate: float = opt(1e-6, "peak learning rate")
+    max_steps: int = opt(-1, "stop after N optimizer steps (-1: run all epochs)")
+    limit: int | None = opt(None, "only the first K problems")
+    chat_template: str = opt("auto", "template the prompts are rendered (and the model saved) with: auto, own, "
+                                     "chatml, deepseek-r1, llama3 or a .jinja file (as for sft)")
+    lora: bool = opt(False, "train a LoRA adapter instead of all weights")
+    lora_r: int = opt(16, "LoRA rank")
+    lora_alpha: int = opt(32, "LoRA alpha")
+    lora_dropout: float = opt(0.05, "LoRA dropout")
+    lora_target_modules: list[str] = opt(["all-linear"], "LoRA target modules (comma-separated), or all-linear")
+    merge_lora: bool = opt(True, "with --lora, also save the merged full model in OUT/merged (loadable by vLLM)")
+    seed: int = opt(42, "training seed (sampling and the on-policy draw too)")
+    resume: str = opt("auto", "auto: continue from the newest complete checkpoint in --out (refused when the config "
+                              "changed); never: train from the start", choices=("auto", "never"))
+    overwrite: bool = opt(False, "delete --out's checkpoints and model and start over")
+    trl: dict[str, Any] = opt({}, "extra TRL GKDConfig fields, passed through as-is (recipe only)")
+
+
 STAGE_CONFIGS: dict[str, type] = {
     "generate": GenerateConfig,
     "filter": FilterConfig,
     "sft": SftConfig,
+    "kd": KdConfig,
     "eval": EvalConfig,
     "publish": PublishConfig,
     "demo": DemoConfig,
