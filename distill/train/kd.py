@@ -19,7 +19,6 @@ is trimmed in memory to the student's rows, which drops only ids no token has.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
 import os
 import time
@@ -47,29 +46,12 @@ FIXED = {"seq_kd": "always on: the off-policy (1 - λ) steps train on teacher sa
 
 
 def validate_trl(trl: dict[str, Any]) -> dict[str, Any]:
-    """The `trl:` mapping, checked against GKDConfig's fields and types before any work, all errors at once."""
-    import typing
-
+    """The `trl:` mapping, checked against GKDConfig's fields and types before any work (train/trl_args.py)."""
     from trl.experimental.gkd import GKDConfig
 
-    from distill.train.sft import _fits, _type_name
+    from distill.train import trl_args
 
-    known = {f.name for f in dataclasses.fields(GKDConfig) if f.init}
-    hints = typing.get_type_hints(GKDConfig)
-    errors = []
-    for key, value in trl.items():
-        if key in OWNED:
-            errors.append(f"trl: '{key}' is the distill option '{OWNED[key]}'; set `{OWNED[key]}:` at the top level")
-        elif key in FIXED:
-            errors.append(f"trl: '{key}' is set by distill kd ({FIXED[key]}); remove it")
-        elif key not in known:
-            hint = difflib.get_close_matches(key, known, n=1)
-            errors.append(f"trl: unknown GKDConfig field '{key}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
-        elif not _fits(value, hints.get(key)):
-            errors.append(f"trl: '{key}' must be {_type_name(hints[key])}, got {type(value).__name__} {value!r:.40}")
-    if errors:
-        raise DistillError("; ".join(errors))
-    return dict(trl)
+    return trl_args.validate_trl(trl, GKDConfig, OWNED, FIXED, stage="kd")
 
 
 def check_options(cfg: KdConfig) -> None:

@@ -17,19 +17,17 @@ Samples longer than max_length are dropped by the preflight before packing, so b
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import importlib.util
 import json
 import logging
 import time
-import types
-import typing
 from pathlib import Path
 from typing import Any
 
 from distill.config import SftConfig, save_config
 from distill.data.io import apply_umask, atomic_write_json, atomic_write_text
 from distill.errors import DistillError
+from distill.train import trl_args
 from distill.train.resume import RESUME_FILE, check_resume, clear_out, last_complete_checkpoint, resume_key
 
 log = logging.getLogger(__name__)
@@ -44,49 +42,10 @@ PAD_CANDIDATES = ("<|endoftext|>", "<|fim_pad|>", "<|finetune_right_pad_id|>", "
 
 
 def validate_trl(trl: dict[str, Any]) -> dict[str, Any]:
-    """The `trl:` mapping, checked against trl.SFTConfig's fields and their types before any work, all errors at
-    once with a "did you mean"."""
+    """The `trl:` mapping, checked against trl.SFTConfig's fields and their types (train/trl_args.py)."""
     from trl import SFTConfig
 
-    known = {f.name for f in dataclasses.fields(SFTConfig) if f.init}
-    hints = typing.get_type_hints(SFTConfig)
-    errors = []
-    for key, value in trl.items():
-        if key in OWNED:
-            errors.append(f"trl: '{key}' is the distill option '{OWNED[key]}'; set `{OWNED[key]}:` at the top level")
-        elif key not in known:
-            hint = difflib.get_close_matches(key, known, n=1)
-            errors.append(f"trl: unknown SFTConfig field '{key}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
-        elif not _fits(value, hints.get(key)):
-            errors.append(f"trl: '{key}' must be {_type_name(hints[key])}, got {type(value).__name__} {value!r:.40}")
-    if errors:
-        raise DistillError("; ".join(errors))
-    return dict(trl)
-
-
-def _fits(value: Any, tp: Any) -> bool:
-    """Whether a recipe value can be a field of type `tp` (plain types and unions of them; others pass)."""
-    if tp is None or tp is Any:
-        return True
-    options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
-    for option in options:
-        base = typing.get_origin(option) or option
-        if option is type(None) and value is None:
-            return True
-        if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return True
-        if base is int and isinstance(value, int) and not isinstance(value, bool):
-            return True
-        if base in (bool, str, list, dict) and isinstance(value, base):
-            return True
-        if base not in (type(None), float, int, bool, str, list, dict):
-            return True  # an enum or class TRL converts itself
-    return False
-
-
-def _type_name(tp: Any) -> str:
-    options = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
-    return " or ".join(getattr(typing.get_origin(o) or o, "__name__", str(o)) for o in options)
+    return trl_args.validate_trl(trl, SFTConfig, OWNED)
 
 
 def attn_implementation(cuda: bool, model_init_kwargs: dict[str, Any]) -> str:
