@@ -222,18 +222,26 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
                                   n=cfg.eval_n, max_model_len=512, dtype="float32", overwrite=True, **sampling))
         scores[name] = _pass1(res)
 
+    # After SFT, from the same student: on-policy distillation toward the teacher (distill kd).
+    from distill.train.kd import demo_stage as kd_stage
+
+    kd = kd_stage(out / "student", teacher, out / "problems.jsonl", out / "heldout.jsonl", out / "kd", seed=cfg.seed,
+                  eval_n=cfg.eval_n, before=scores["student_after"])
+
     n_kept, total = fstats["kept"], fstats["input"]
     summary = {
         "teacher_pass1": scores["teacher"],
         "keep_rate": round(100.0 * n_kept / total, 2) if total else 0.0,
         "student_before_pass1": scores["student_before"],
         "student_after_pass1": scores["student_after"],
+        "student_kd_pass1": kd["pass1_after"],
         "traces_generated": total,
         "traces_kept": n_kept,
         "heldout_problems": len(heldout),
         "eval_samples_per_problem": cfg.eval_n,
         "teacher_training": teacher_report,
         "student_training": {"rounds": student_rounds, "fit_on": f"{FIT_SAMPLES} of its kept training traces"},
+        "kd": {k: kd[k] for k in ("steps", "kd_seconds", "loss_first", "loss_last", "options")},
         "teacher_seconds": round(t_teacher, 1),
         "wall_time_s": round(time.time() - t0, 1),
         "config": dataclasses.asdict(cfg),
@@ -251,6 +259,8 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
         f"  student before SFT      {summary['student_before_pass1']:6.1f}",
         f"  student after SFT       {summary['student_after_pass1']:6.1f}   (trained {steps(student_rounds)} steps, fit "
         f"{student_rounds[-1]['fit']:.1f}%)",
+        f"  SFT + kd                {kd['pass1_after']:6.1f}   (on-policy distillation, {kd['steps']} steps, "
+        f"{kd['kd_seconds']:.0f} s)",
         f"  wall time               {summary['wall_time_s']:6.1f} s  → {out / 'demo.json'}",
     ]
     log.info("\n".join(table))
