@@ -249,6 +249,9 @@ def build_args(cfg: SftConfig, prep: dict[str, Any], out: Path):
     defaults: dict[str, Any] = {
         "bf16": cuda, "fp16": False, "report_to": "none", "save_total_limit": 2, "logging_first_step": True,
         "gradient_checkpointing": cuda, "eos_token": prep["eot"], "dataloader_pin_memory": cuda,
+        # Without a GPU, accelerate's state is a CPU one only when asked: then `accelerate launch --num_processes N`
+        # (the ddp config) trains N processes over gloo instead of N independent single-process runs.
+        "use_cpu": not cuda,
     }
     if cuda and importlib.util.find_spec("liger_kernel"):
         defaults["use_liger_kernel"] = True
@@ -318,7 +321,8 @@ def run(cfg: SftConfig) -> dict[str, Any]:
     stats.update(loss=losses, steps=trainer.state.global_step, tokens_seen=int(tokens[-1]) if tokens else None,
                  train_samples=len(train), epochs=cfg.epochs, resumed_from=resume,
                  train_runtime_s=result.metrics.get("train_runtime"), wall_time_s=round(time.time() - start, 2),
-                 final_loss=losses[-1]["loss"] if losses else None, lora=cfg.lora)
+                 final_loss=losses[-1]["loss"] if losses else None, lora=cfg.lora,
+                 processes=trainer.args.world_size)
     if trainer.is_world_process_zero():
         atomic_write_json(out / "stats.json", stats)
     log.info("sft done: %d steps on %d samples, loss %s -> %s, %s tokens, %.1fs; model in %s",
