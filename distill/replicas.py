@@ -121,12 +121,20 @@ def _check_out(cfg: GenerateConfig) -> None:
                            f"rerun with that size to resume, or use another --out")
 
 
-def _rows_on_disk(folder: Path) -> int:
+def _on_disk(folder: Path) -> tuple[int, int]:
+    """(samples, completion tokens) in the chunk files a replica folder already holds."""
     from distill.generate import CHUNK_RE
 
-    if not folder.is_dir():
-        return 0
-    return sum(len(p.read_text(encoding="utf-8").splitlines()) for p in folder.iterdir() if CHUNK_RE.match(p.name))
+    rows = tokens = 0
+    for p in folder.iterdir() if folder.is_dir() else ():
+        if CHUNK_RE.match(p.name):
+            for line in p.read_text(encoding="utf-8").splitlines():
+                rows += 1
+                try:
+                    tokens += int(json.loads(line).get("num_tokens") or 0)
+                except (ValueError, AttributeError):
+                    pass  # the replica's resume check names the broken file
+    return rows, tokens
 
 
 def run(cfg: GenerateConfig) -> dict[str, Any]:
@@ -143,7 +151,7 @@ def run(cfg: GenerateConfig) -> dict[str, Any]:
     dirs = [output_dir(c) for c in configs]
     if cfg.overwrite:
         (Path(cfg.out) / STATS).unlink(missing_ok=True)
-    before = [0 if cfg.overwrite else _rows_on_disk(d) for d in dirs]
+    before = [(0, 0) if cfg.overwrite else _on_disk(d) for d in dirs]
     total = len(read_problems(cfg.dataset, **data_options(cfg), limit=cfg.limit)) * cfg.n
     restarts = supervise(configs, [replica_env(r, cfg) for r in range(len(configs))], dirs, total=total)
     stats = aggregate(cfg, dirs, before, restarts, time.monotonic() - t0)
@@ -264,10 +272,10 @@ def _exit(rc: int) -> str:
     return f"signal {signal.Signals(-rc).name}" if rc < 0 else str(rc)
 
 
-def aggregate(cfg: GenerateConfig, dirs: list[Path], before: list[int], restarts: Counter,
+def aggregate(cfg: GenerateConfig, dirs: list[Path], before: list[tuple[int, int]], restarts: Counter,
               wall_s: float) -> dict[str, Any]:
-    """DIR/stats.json: the replicas' stats summed. Samples resumed = rows on disk when this run started, so a
-    replica's restart (which resumes its own earlier chunks) still counts them as written by this run."""
+    """DIR/stats.json: the replicas' stats summed. Resumed = what was on disk when this run started, so what a
+    restarted replica resumed from its own first try still counts as written by this run."""
     from distill.generate import STATS
 
     parts = []
@@ -280,8 +288,9 @@ def aggregate(cfg: GenerateConfig, dirs: list[Path], before: list[int], restarts
                              "problems_in_dataset": parts[0].get("problems_in_dataset") if parts else 0}
     for key in SUMMED:
         stats[key] = sum(int(p.get(key) or 0) for p in parts)
-    stats["samples_resumed"] = sum(before)
+    stats["samples_resumed"] = sum(rows for rows, _ in before)
     stats["samples_written"] = stats["samples"] - stats["samples_resumed"]
+    stats["completion_tokens_written"] = stats["completion_tokens"] - sum(tokens for _, tokens in before)
     finish: Counter = Counter()
     for p in parts:
         finish.update(p.get("finish_reasons") or {})

@@ -169,6 +169,8 @@ def test_two_replicas_one_killed_mid_run_lose_and_duplicate_nothing(tmp_path, ti
     stats = json.loads((out / "stats.json").read_text())
     assert stats["restarts"] == {"0": 1, "1": 0} and stats["data_parallel_size"] == 2
     assert stats["samples"] == stats["samples_written"] == 32 and stats["samples_resumed"] == 0
+    assert stats["completion_tokens_written"] == stats["completion_tokens"] == sum(r.num_tokens
+                                                                                   for r in read_records(out))
     resumed = json.loads((out / "shard-0-of-2" / "stats.json").read_text())
     assert resumed["chunks_resumed"] >= at_kill  # the restarted replica skipped what its first run wrote
     assert (out / "shard-0-of-2" / replicas.LOG_FILE).read_text().count("--- ") == 2
