@@ -79,13 +79,16 @@ def replica_env(r: int, cfg: GenerateConfig, base: dict[str, str] | None = None)
                                    f"one of them, or use --distributed-executor-backend ray across nodes")
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[r * width:(r + 1) * width])
         return env
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    from distill.engine.vllm_engine import allowed_cores, cpu_bind
+
+    cores = allowed_cores()
     share = max(1, len(cores) // n)
-    env.setdefault("OMP_NUM_THREADS", str(share))
+    env.setdefault("OMP_NUM_THREADS", str(max(1, share // width)))
     if "VLLM_CPU_OMP_THREADS_BIND" not in env:
-        # vLLM's CPU build binds its threads to cores ("auto": the same ones in every replica): give each its own.
+        # vLLM's CPU build binds its threads to cores ("auto": the same ones in every replica): give each replica
+        # its own, split between its TP/PP workers.
         mine = cores[r * share:(r + 1) * share] if len(cores) >= n else []
-        env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, mine)) if mine else "nobind"
+        env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_bind(mine, width) if mine else "nobind"
     return env
 
 

@@ -21,6 +21,7 @@ import difflib
 import importlib.util
 import json
 import logging
+import os
 import time
 import types
 import typing
@@ -270,7 +271,10 @@ def run(cfg: SftConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     prep = prepare(cfg)
     if cfg.overwrite:
-        clear_out(out)
+        # Under `accelerate launch` one process clears; the others only write files it rewrites after clearing, and
+        # none resumes (below), so no process can pick up a checkpoint that is being deleted.
+        if int(os.environ.get("RANK", "0") or 0) == 0:
+            clear_out(out)
     elif cfg.resume == "auto" and not cfg.preflight_only:
         check_resume(out, prep["resume_key"])
     out.mkdir(parents=True, exist_ok=True)
@@ -298,7 +302,7 @@ def run(cfg: SftConfig) -> dict[str, Any]:
     model = _load_model(cfg, prep["student"], prep["cuda"], init_kwargs, prep["attn"])
     if prep["added_pad"]:
         model.resize_token_embeddings(len(tokenizer))
-    resume = last_complete_checkpoint(out) if cfg.resume == "auto" else None
+    resume = last_complete_checkpoint(out) if cfg.resume == "auto" and not cfg.overwrite else None
     if resume:
         log.info("resuming from %s", resume)
     atomic_write_json(out / RESUME_FILE, prep["resume_key"])
