@@ -432,7 +432,7 @@ def _stub_bin(tmp_path: Path) -> Path:
 
 
 def _distill_argv(call: list[str]) -> list[str] | None:
-    """The distill arguments inside one recorded call (distill …, accelerate launch … -m distill.cli …, srun …)."""
+    """The distill arguments in one recorded call (distill …, accelerate launch … -m distill.cli …, srun …)."""
     if call[0] == "distill":
         return call[1:]
     for i in range(len(call) - 1):
