@@ -96,7 +96,8 @@ def _stage_command(stage: str) -> click.Command:
                            help="YAML recipe; flags given on the command line override it")]
     if stage == "eval":  # a group so that `distill eval compare DIR…` exists; no subcommand runs the eval
         return click.Group(stage, callback=callback, params=params + _click_params(cls), help=HELP[stage],
-                           short_help=HELP[stage], invoke_without_command=True, commands=[_eval_compare])
+                           short_help=HELP[stage], invoke_without_command=True,
+                           commands=[_eval_compare, _eval_merge])
     return click.Command(stage, callback=callback, params=params + _click_params(cls), help=HELP[stage],
                          short_help=HELP[stage])
 
@@ -109,6 +110,16 @@ def _eval_compare(dirs: tuple[str, ...], out: str | None) -> None:
     from distill.eval.run import compare
 
     compare(list(dirs), out)
+
+
+@click.command("merge")
+@click.argument("dirs", nargs=-1, required=True)
+@click.option("--out", default=None, help="folder for the merged results  [default: the folder holding the shards]")
+def _eval_merge(dirs: tuple[str, ...], out: str | None) -> None:
+    """Merge `eval --shard I/N` outputs into one results.json, the one a single run writes."""
+    from distill.eval.merge import merge
+
+    merge(list(dirs), out)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -61,13 +61,15 @@ class EngineMixin:
     prompt_template: str | None = opt(None, "file with a prompt template containing {problem} (default: R1)")
     think_prefill: str = opt("auto", "start the assistant turn with '<think>\\n': auto|on|off", choices=("auto", "on", "off"))
     backend: str = opt("vllm", "vllm (in-process engine) or openai (any OpenAI-compatible server)", choices=("vllm", "openai"))
-    base_url: str | None = opt(None, "server URL for --backend openai, e.g. http://127.0.0.1:8000/v1")
+    base_url: str | None = opt(None, "server URL for --backend openai, e.g. http://127.0.0.1:8000/v1; several "
+                                     "comma-separated URLs: a fleet, each request to the least-loaded server")
     api_key_env: str = opt("OPENAI_API_KEY", "name of the environment variable holding the API key (never the key)")
-    concurrency: int = opt(64, "in-flight requests for --backend openai")
+    concurrency: int = opt(64, "in-flight requests for --backend openai (over all --base-url servers)")
     request_timeout: float = opt(3600.0, "--backend openai: seconds before one request is abandoned and retried")
     max_retries: int = opt(8, "--backend openai: retries per request on 429, 5xx, timeouts and dropped connections")
     tensor_parallel_size: int = opt(1, "vLLM tensor parallel size")
-    data_parallel_size: int = opt(1, "vLLM data parallel size")
+    data_parallel_size: int = opt(1, "engine replicas, each a child process on its own partition of the problems "
+                                     "(restarted if it dies); --backend vllm")
     pipeline_parallel_size: int = opt(1, "vLLM pipeline parallel size")
     distributed_executor_backend: str | None = opt(None, "vLLM executor: ray (multi-node TP/PP) or mp (one node)", choices=("ray", "mp"))
     gpu_memory_utilization: float = opt(0.9, "vLLM fraction of GPU memory to use")
@@ -184,6 +186,8 @@ class EvalConfig(EngineMixin, DataSourceMixin):
     answer_timeout: float = opt(5.0, "hard per-record grading timeout in seconds")
     split: str = opt("test", "custom tasks: split to read from a Hub dataset id")
     min_thinking_tokens: int | None = opt(None, "s1 forcing: a thought ending before N tokens gets 'Wait', goes on (vllm)")
+    shard: str | None = opt(None, "I/N: evaluate only partition I of N of every task's problems (by problem id) "
+                                  "into OUT/shard-I-of-N; `distill eval merge OUT` combines the N shards")
 
 
 @dataclass

@@ -246,8 +246,13 @@ def run(cfg: GenerateConfig, engine: Engine | None = None) -> dict[str, Any]:
     """Generate cfg.n samples per problem into cfg.out; resumes a previous run of the same config.
 
     `engine`: an already-started engine to reuse (eval, tests); otherwise one is started (and closed) here.
+    With --data-parallel-size N, N replicas run instead (distill/replicas.py) and `engine` is not used.
     Returns the stats written to stats.json.
     """
+    if cfg.data_parallel_size != 1:  # N engine replicas in child processes, each on its own partition
+        from distill import replicas
+
+        return replicas.run(cfg)
     t0 = time.monotonic()
     validate(cfg)
     shard = parse_shard(cfg.shard)
@@ -297,6 +302,8 @@ def run(cfg: GenerateConfig, engine: Engine | None = None) -> dict[str, Any]:
             _generate(cfg, engine, template, source, chunks, pending, out_dir, stats, manifest)
         finally:
             stats["retries"] = getattr(engine, "retries", 0)
+            if getattr(engine, "server_requests", None) is not None:  # a fleet of servers: the load each took
+                stats["server_requests"] = engine.server_requests
             if own:
                 engine.close()
     else:

@@ -15,7 +15,7 @@ LAYERS = [
     ("tasks", "data.adapters", "data.reader"),
     ("verify",),
     ("engine",),
-    ("generate", "filters", "train", "eval", "data.publish", "data.card", "pipeline"),
+    ("generate", "replicas", "filters", "train", "eval", "data.publish", "data.card", "pipeline"),
     ("demo", "cli", "__main__", "__init__"),
 ]
 MAX_LINES = 420

@@ -205,3 +205,106 @@ def test_reasoning_content_is_stored_inside_think(tmp_path, proxy):
     assert stats["samples_written"] == 4
     for r in read_records(tmp_path / "out"):
         assert r.completion.startswith("<think>\n") and r.completion.endswith("\n</think>\n\n\\boxed{42}")
+
+
+# ---------------------------------------------------------------- a fleet of servers
+
+
+class CountingProxy(http.server.ThreadingHTTPServer):
+    """Forwards to the server and records when each chat completion arrived; the first `limited` of them get a
+    429 with Retry-After: `retry_after` seconds."""
+
+    daemon_threads = True
+
+    def __init__(self, upstream: int, limited: int = 0, retry_after: float = 0.0, hold_s: float = 0.0):
+        self.upstream, self.limited, self.retry_after, self.hold_s = upstream, limited, retry_after, hold_s
+        self.lock = threading.Lock()
+        self.arrivals: list[tuple[float, int]] = []  # (time, status sent)
+        self.stall_s, self.split_reasoning = 0.0, False
+        super().__init__(("127.0.0.1", 0), CountingHandler)
+
+
+class CountingHandler(ProxyHandler):
+    server: CountingProxy
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        with self.server.lock:
+            limited = "chat/completions" in self.path and self.server.limited > 0
+            if limited:
+                self.server.limited -= 1
+            self.server.arrivals.append((time.monotonic(), 429 if limited else 200))
+        if limited:
+            data = json.dumps({"error": {"message": "slow down", "code": 429}}).encode()
+            self.send_response(429)
+            self.send_header("Retry-After", str(self.server.retry_after))
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return
+        time.sleep(self.server.hold_s)  # a busy server: its requests stay in flight a while
+        self._forward("POST", body)
+
+
+@pytest.fixture
+def fleet(vllm_server, request):
+    kinds = getattr(request, "param", [{}, {}])
+    servers = [CountingProxy(vllm_server, **kw) for kw in kinds]
+    threads = [threading.Thread(target=s.serve_forever, daemon=True) for s in servers]
+    for t in threads:
+        t.start()
+    yield servers
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+def _urls(servers) -> str:
+    return ",".join(f"http://127.0.0.1:{s.server_address[1]}/v1" for s in servers)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fleet", [[{}, {"hold_s": 2.0}]], indirect=True)
+def test_a_fleet_spreads_requests_to_the_least_loaded_server(tmp_path, fleet):
+    fast, slow = fleet
+    cfg = _cfg(tmp_path, 0, base_url=_urls(fleet), n=2, concurrency=4, request_timeout=30.0)
+    stats = run(cfg)
+    assert sorted(r.id for r in read_records(tmp_path / "out")) == sorted(
+        f"probs/{content_id(f'What is {i} + {i}?')}/{j}" for i in range(4) for j in range(2))
+    counts = list(stats["server_requests"].values())
+    assert sum(counts) == 8 and all(counts), stats["server_requests"]  # both servers served ...
+    assert counts[0] > counts[1]  # ... and the one answering faster took more (its requests leave sooner)
+    assert len(fast.arrivals) == counts[0] and len(slow.arrivals) == counts[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fleet", [[{"limited": 1, "retry_after": 3}]], indirect=True)
+def test_retry_after_on_429_is_honoured(tmp_path, fleet):
+    (server,) = fleet
+    stats = run(_cfg(tmp_path, 0, base_url=_urls(fleet), n=1, concurrency=1, request_timeout=30.0))
+    assert stats["samples_written"] == 4 and stats["retries"] == 1
+    (t429, status), (t_next, _) = server.arrivals[:2]
+    assert status == 429 and t_next - t429 >= 3.0  # nothing was sent to it before its Retry-After had passed
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fleet", [[{"limited": 2, "retry_after": 30}, {}]], indirect=True)
+def test_a_rate_limited_server_is_benched_and_the_fleet_carries_on(tmp_path, fleet):
+    limited, other = fleet
+    start = time.monotonic()
+    stats = run(_cfg(tmp_path, 0, base_url=_urls(fleet), n=1, concurrency=2, request_timeout=30.0))
+    assert stats["samples_written"] == 4 and time.monotonic() - start < 30  # no one waited out the 30 s
+    # Benched after its 429 (one more may have been sent while the first was on its way back): nothing else.
+    assert 1 <= len(limited.arrivals) <= 2 and all(s == 429 for _, s in limited.arrivals)
+    assert len(other.arrivals) >= 4
+
+
+def test_base_url_lists_are_checked():
+    from distill.engine.openai_engine import split_urls
+
+    assert split_urls("http://a:1/v1, http://b:2/v1/,http://a:1/v1") == ["http://a:1/v1", "http://b:2/v1"]
+    with pytest.raises(DistillError, match=r"--base-url ftp://\*\*\*@b/v1: expected"):
+        split_urls("http://a:1/v1,ftp://u:secret@b/v1")
+    with pytest.raises(DistillError, match="empty"):
+        split_urls(" , ")

@@ -130,10 +130,28 @@ def _vllm(model: str, opts: Any, option: str) -> Engine:
         # The same prompt gives the same tokens whatever else is in the batch.
         os.environ["VLLM_BATCH_INVARIANT"] = "1"
     if opts.data_parallel_size != 1:
-        raise DistillError("--data-parallel-size: run one job per replica with --shard I/N for now (vLLM refuses "
-                           "data parallelism in a single-process LLM)")
+        # vLLM refuses data parallelism in a single-process LLM: generate and eval run N replicas instead
+        # (distill/replicas.py); a caller that wants one engine (budget forcing, rollouts) gets this line.
+        raise DistillError("--data-parallel-size: this step drives one engine; data parallel replicas run through "
+                           "`distill generate` and `distill eval` (or run one job per --shard I/N)")
+    if opts.distributed_executor_backend == "ray":
+        _check_ray()
     check_model_dir(model, option)
     return VLLMEngine(model, option=option, **vllm_kwargs(opts))
+
+
+def _check_ray() -> None:
+    """Fail in one line, before an engine starts, where vLLM's Ray executor cannot run."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise DistillError("--distributed-executor-backend ray needs Ray: pip install -e '.[ray]'")
+    from vllm.platforms import current_platform
+
+    if not current_platform.ray_device_key:  # the test vLLM's Ray executor makes when it places its workers
+        raise DistillError(f"--distributed-executor-backend ray: vLLM on {current_platform.device_name} does not "
+                           f"support Ray (its CPU build runs tensor/pipeline parallel with mp); drop the option "
+                           f"or run on GPUs")
 
 
 def _vllm_identity(model: str, opts: Any, option: str) -> Identity:

@@ -18,22 +18,58 @@ from distill.redact import redact_url
 log = logging.getLogger(__name__)
 
 
+def split_urls(base_url: str) -> list[str]:
+    """'URL1,URL2,…' → the servers of a fleet (one URL: one server)."""
+    urls = [u.strip().rstrip("/") for u in base_url.split(",") if u.strip()]
+    if not urls:
+        raise DistillError("--base-url is empty; pass http://HOST:PORT/v1, or several separated by commas")
+    bad = [redact_url(u) for u in urls if not u.startswith(("http://", "https://"))]
+    if bad:
+        raise DistillError(f"--base-url {bad[0]}: expected http://HOST:PORT/v1 (several separated by commas)")
+    return list(dict.fromkeys(urls))
+
+
 class OpenAIEngine(Engine):
-    """Chat completions against an OpenAI-compatible server, `concurrency` requests in flight, retried with
-    exponential backoff on 429, 5xx, timeouts and dropped connections. The key is read from the environment variable
-    named by `api_key_env`, never stored."""
+    """Chat completions against one OpenAI-compatible server or a fleet of them (several comma-separated URLs),
+    `concurrency` requests in flight in all, retried with exponential backoff on 429, 5xx, timeouts and dropped
+    connections. Each sample goes to the least-loaded server (fewest requests in flight; ties in turn); a server that
+    fails is benched for the backoff, or for as long as its Retry-After says, and the others take its work
+    meanwhile. The key is read from the environment variable named by `api_key_env`, never stored."""
 
     BACKOFF_S = 0.5
     BACKOFF_MAX_S = 60.0
+    RETRY_AFTER_MAX_S = 600.0  # a Retry-After is honoured up to this; a longer one is a misconfigured server
 
     def __init__(self, model: str, base_url: str, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 64,
                  timeout: float = 3600.0, max_retries: int = 8):
         super().__init__(model=model, backend="openai", info={"base_url": redact_url(base_url)})
+        self.urls = split_urls(base_url)
+        self.shown = [redact_url(u) for u in self.urls]
         self.base_url, self.shown_url = base_url, redact_url(base_url)
         self.api_key_env, self.concurrency = api_key_env, concurrency
         self.timeout, self.max_retries = timeout, max_retries
         self.retries = 0
+        self.inflight = [0] * len(self.urls)
+        self.benched_until = [0.0] * len(self.urls)
+        self.requests = [0] * len(self.urls)  # answered requests per server (stats.json: server_requests)
+        self._turn = 0
         self._checked = False
+
+    @property
+    def server_requests(self) -> dict[str, int]:
+        return dict(zip(self.shown, self.requests))
+
+    def pick(self, now: float) -> tuple[int, float]:
+        """(server, seconds to wait first): the least-loaded server not benched, ties in turn; if all are benched,
+        the one free soonest."""
+        ready = [i for i in range(len(self.urls)) if self.benched_until[i] <= now]
+        if not ready:
+            i = min(range(len(self.urls)), key=lambda j: self.benched_until[j])
+            return i, self.benched_until[i] - now
+        start = self._turn % len(self.urls)
+        self._turn += 1
+        order = sorted(ready, key=lambda j: (self.inflight[j], (j - start) % len(self.urls)))
+        return order[0], 0.0
 
     def supports_thinking_budget(self) -> bool:
         return True  # passed on as thinking_token_budget; a server without a reasoning parser says so (HTTP 400)
@@ -78,17 +114,17 @@ class OpenAIEngine(Engine):
 
         # Local servers (vllm serve, SGLang) accept any key; the client refuses an empty one.
         key = os.environ.get(self.api_key_env) or "EMPTY"
-        client = AsyncOpenAI(base_url=self.base_url, api_key=key, timeout=self.timeout, max_retries=0)
+        clients = [AsyncOpenAI(base_url=u, api_key=key, timeout=self.timeout, max_retries=0) for u in self.urls]
         try:
             if not self._checked:
-                await self._check(client)
+                await asyncio.gather(*(self._check(c, shown) for c, shown in zip(clients, self.shown)))
                 self._checked = True
             slots = asyncio.Semaphore(self.concurrency)
             loop = asyncio.get_running_loop()
 
             async def sample(req: Request, i: int) -> Sample:
                 async with slots:
-                    return await self._complete(client, req, sampling, None if req.seed is None else req.seed + i)
+                    return await self._complete(clients, req, sampling, None if req.seed is None else req.seed + i)
 
             async def one(req: Request) -> None:
                 samples = await asyncio.gather(*(sample(req, i) for i in range(req.n)))
@@ -120,53 +156,64 @@ class OpenAIEngine(Engine):
                 first = first.exceptions[0]
             raise first from None
         finally:
-            await client.close()
+            for client in clients:
+                await client.close()
 
-    async def _check(self, client) -> None:
+    async def _check(self, client, shown: str) -> None:
         """Fail in one line, before any work, when the server is unreachable or does not serve the model."""
         import openai
 
         try:
             models = await client.models.list(timeout=30.0)
         except openai.APIConnectionError as e:
-            raise DistillError(f"--base-url {self.shown_url}: cannot connect ({_cause(e)}); start the server or fix "
+            raise DistillError(f"--base-url {shown}: cannot connect ({_cause(e)}); start the server or fix "
                                f"the URL") from None
         except openai.AuthenticationError:
-            raise DistillError(f"--base-url {self.shown_url}: the server refused the API key (HTTP 401); set the "
+            raise DistillError(f"--base-url {shown}: the server refused the API key (HTTP 401); set the "
                                f"variable named by --api-key-env") from None
         except openai.APIStatusError:
             return  # some servers have no /models; the first completion will tell
         names = [m.id for m in models.data]
         if names and self.model not in names:
-            raise DistillError(f"model {self.model}: not served by {self.shown_url} (it serves: "
+            raise DistillError(f"model {self.model}: not served by {shown} (it serves: "
                                f"{', '.join(names[:10])}); pass one of those names")
 
-    async def _complete(self, client, req: Request, sampling: Sampling, seed: int | None) -> Sample:
+    async def _complete(self, clients: list, req: Request, sampling: Sampling, seed: int | None) -> Sample:
         import openai
 
         extra = {"thinking_token_budget": sampling.thinking_budget} if sampling.thinking_budget else None
+        loop = asyncio.get_running_loop()
         for attempt in range(self.max_retries + 1):
+            i, wait = self.pick(loop.time())
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self.inflight[i] += 1
             try:
-                resp = await client.chat.completions.create(
+                resp = await clients[i].chat.completions.create(
                     model=self.model, messages=list(req.prompt.messages), temperature=sampling.temperature,
                     top_p=sampling.top_p, max_tokens=req.max_tokens, seed=seed, n=1, extra_body=extra)
+                self.requests[i] += 1
                 break
             except (openai.RateLimitError, openai.InternalServerError, openai.APIConnectionError) as e:
                 # APITimeoutError is an APIConnectionError: a stalled request is retried like a dropped one.
                 if attempt == self.max_retries:
-                    raise DistillError(f"--base-url {self.shown_url}: request failed after {self.max_retries} "
+                    raise DistillError(f"--base-url {self.shown[i]}: request failed after {self.max_retries} "
                                        f"retries ({type(e).__name__}: {_cause(e)}); check the server or raise "
                                        f"--max-retries") from None
                 self.retries += 1
                 delay = min(self.BACKOFF_MAX_S, self.BACKOFF_S * 2 ** attempt) * (0.5 + random.random() / 2)
                 retry_after = _retry_after(e)
                 if retry_after is not None:
-                    delay = min(self.BACKOFF_MAX_S, max(delay, retry_after))
-                log.debug("retry %d after %s: sleeping %.1fs", attempt + 1, type(e).__name__, delay)
-                await asyncio.sleep(delay)
+                    delay = min(self.RETRY_AFTER_MAX_S, max(delay, retry_after))
+                # The server is benched, not the request: with a fleet the retry goes to another server now.
+                self.benched_until[i] = max(self.benched_until[i], loop.time() + delay)
+                log.debug("retry %d after %s from %s: benched %.1fs", attempt + 1, type(e).__name__, self.shown[i],
+                          delay)
             except openai.APIStatusError as e:
-                raise DistillError(f"--base-url {self.shown_url}: HTTP {e.status_code} for model {self.model} "
+                raise DistillError(f"--base-url {self.shown[i]}: HTTP {e.status_code} for model {self.model} "
                                    f"({_cause(e)}); fix the request options (e.g. --max-tokens)") from None
+            finally:
+                self.inflight[i] -= 1
         choice = resp.choices[0]
         msg = choice.message
         extra_fields = msg.model_extra or {}

@@ -27,10 +27,27 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def apply_cpu_defaults() -> None:
+def apply_cpu_defaults(workers: int = 1) -> None:
     """Environment vLLM needs on a CPU machine; values the user already set win."""
     for key, value in CPU_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    if workers > 1 and "VLLM_CPU_OMP_THREADS_BIND" not in os.environ:
+        # vLLM's "auto" binding puts each TP/PP worker on its own NUMA node and refuses more workers than nodes
+        # (a VM has one): split this process's cores between the workers instead.
+        os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_bind(allowed_cores(), workers)
+
+
+def allowed_cores() -> list[int]:
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+
+
+def cpu_bind(cores: list[int], workers: int) -> str:
+    """VLLM_CPU_OMP_THREADS_BIND for `workers` engine workers on `cores`: disjoint core lists joined by '|'
+    ('nobind' when there are fewer cores than workers)."""
+    if len(cores) < workers:
+        return "nobind"
+    share = len(cores) // workers
+    return "|".join(",".join(map(str, cores[w * share:(w + 1) * share])) for w in range(workers))
 
 
 def vllm_kwargs(opts: Any) -> dict[str, Any]:
@@ -62,8 +79,13 @@ def make_llm(model: str, **engine_kwargs: Any):
 
     on_gpu = cuda_available()
     if not on_gpu:
-        apply_cpu_defaults()
-        engine_kwargs.setdefault("enforce_eager", True)
+        pipeline = engine_kwargs.get("pipeline_parallel_size", 1)
+        apply_cpu_defaults(engine_kwargs.get("tensor_parallel_size", 1) * pipeline)
+        if pipeline > 1 and engine_kwargs.get("enforce_eager"):
+            raise DistillError("--enforce-eager with --pipeline-parallel-size > 1 crashes vLLM's CPU build (the later "
+                               "stages get no intermediate tensors); drop --enforce-eager")
+        # Eager starts fastest; but the later pipeline stages need the compiled warm-up (tests/test_scale.py).
+        engine_kwargs.setdefault("enforce_eager", pipeline == 1)
     from vllm import LLM
 
     log.info("starting vLLM on %s (%s)", model, "GPU" if on_gpu else "CPU")

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 SAMPLES_FILE = "samples.jsonl"
 RESULTS_FILE = "results.json"
+SHARD_FILE = "shard.json"
 
 
 # ---------------------------------------------------------------- tasks
@@ -135,31 +136,45 @@ def generate_config(cfg: EvalConfig, task: EvalTask) -> GenerateConfig:
     engine_opts = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(EngineMixin)}
     data = {} if task.bundled else data_options(cfg)
     return GenerateConfig(**engine_opts, **data, teacher=cfg.model, teacher_revision=cfg.model_revision,
-                          dataset=task.dataset, source=task.name, out=str(Path(cfg.out) / "generations" / task.name))
+                          dataset=task.dataset, source=task.name, out=str(Path(cfg.out) / "generations" / task.name),
+                          shard=cfg.shard)
 
 
-def generate_task(cfg: EvalConfig, task: EvalTask, engine: Engine) -> tuple[list[Record], dict]:
-    """Generate (or resume) the task's samples under DIR/generations/<task> with distill.generate."""
+def _native(cfg: EvalConfig, engine: Engine | None) -> bool:
+    # No engine here: data parallel replicas generate, each a vLLM engine started with the budget (vllm_kwargs).
+    return budget.native(cfg, engine) if engine is not None else bool(cfg.thinking_budget)
+
+
+def generate_task(cfg: EvalConfig, task: EvalTask, engine: Engine | None) -> tuple[list[Record], dict]:
+    """Generate (or resume) the task's samples under DIR/generations/<task> with distill.generate (its shard
+    folder with --shard; replicas with --data-parallel-size, when `engine` is None)."""
     from distill import generate
 
-    task_problems(task, cfg, cfg.limit)  # empty golds fail before any generation
+    problems = task_problems(task, cfg, cfg.limit)  # empty golds fail before any generation
     gcfg = generate_config(cfg, task)
-    if cfg.thinking_budget and not budget.native(cfg, engine):  # the thought runs to the budget; force() answers
+    native = _native(cfg, engine)
+    if cfg.thinking_budget and not native:  # the thought runs to the budget; force() answers
         gcfg = dataclasses.replace(gcfg, max_tokens=cfg.thinking_budget, thinking_budget=None)
     gen_stats = generate.run(gcfg, engine=engine) or {}
-    records = list(read_records(gcfg.out))
+    where = generate.output_dir(gcfg)
+    # The task's problem order whatever the layout (replica shard folders read one after another).
+    rank = {p.id: k for k, p in enumerate(problems)}
+    records = sorted(read_records(where), key=lambda r: (rank.get(r.problem_id, len(rank)), r.sample_index))
     forced = None
-    native = budget.native(cfg, engine)
     if budget.check(cfg):
         if native:
             forced = {"mode": "engine (vLLM thinking_token_budget)", "thinking_budget": cfg.thinking_budget}
         else:
-            records, counts = budget.force(cfg, task.name, records, engine, dataset=task.dataset)
+            name = task.name + (f".{where.name}" if cfg.shard else "")  # shards never share a continuation file
+            records, counts = budget.force(cfg, name, records, engine, dataset=task.dataset)
             forced = {"mode": "continuation (eval/budget.py)", **counts}
     limit = cfg.thinking_budget if cfg.thinking_budget and not native else cfg.max_tokens
     clamped = {r.problem_id for r in records if 0 < r.max_tokens < limit}
-    return records, {"stats": gen_stats, "manifest": _read_json(Path(gcfg.out) / "manifest.json"),
-                     "clamped_prompts": len(clamped), "budget": forced}
+    manifest = _read_json(where / "manifest.json")
+    if manifest is None:  # replicas: each shard folder has its manifest, alike but for the shard
+        manifest = next((_read_json(p / "manifest.json") for p in sorted(where.glob("shard-*-of-*"))), None)
+    return records, {"stats": gen_stats, "manifest": manifest, "clamped_prompts": len(clamped), "budget": forced,
+                     "order": [Record.make_id(task.name, p.id, i) for p in problems for i in range(cfg.n)]}
 
 
 def _sha256_text(text: str) -> str:
@@ -191,16 +206,28 @@ def _task_provenance(task: EvalTask, score: dict[str, Any]) -> dict[str, Any]:
 
 def run(cfg: EvalConfig, engine: Engine | None = None) -> dict[str, Any]:
     """Evaluate; returns results.json's content. `engine`: one to reuse (tests pass the session's)."""
+    from distill import replicas
+    from distill.generate import in_shard, parse_shard
+
     started = time.time()
-    out = Path(cfg.out)
+    shard = parse_shard(cfg.shard)
+    replicas.check(cfg)
+    if cfg.data_parallel_size > 1 and cfg.min_thinking_tokens:
+        raise DistillError("--min-thinking-tokens continues samples on one engine; drop --data-parallel-size")
+    # A shard's results go to OUT/shard-I-of-N (`distill eval merge OUT` combines them); generations stay in
+    # OUT/generations/<task>/shard-I-of-N, generate's layout.
+    out = Path(cfg.out) / f"shard-{shard[0]}-of-{shard[1]}" if shard else Path(cfg.out)
     samples: list[dict] = []
     tasks: dict[str, dict] = {}
     generation: dict[str, dict] = {}
     scores: dict[str, dict] = {}
+    order: dict[str, list[str]] = {}
     if cfg.completions:
         if cfg.model:
             raise DistillError("pass either --model (generate, then grade) or --completions (grade only), not both")
         task, records = completions_records(cfg)
+        order[task.name] = [r.id for r in records]
+        records = [r for r in records if in_shard(r.problem_id, shard)]
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out)
         graded, scores[task.name] = grade_and_score(records, task.name, task.verifier, task.answer_type, cfg)
@@ -217,11 +244,12 @@ def run(cfg: EvalConfig, engine: Engine | None = None) -> dict[str, Any]:
         budget.check(cfg)
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out)
-        own = engine is None
-        engine = engine or make_engine(cfg.model, cfg, "--model")  # one engine for every task
+        own = engine is None and cfg.data_parallel_size == 1  # replicas start their own engines
+        engine = make_engine(cfg.model, cfg, "--model") if own else engine  # one engine for every task
         try:
             for task in resolved:
                 records, generation[task.name] = generate_task(cfg, task, engine)
+                order[task.name] = generation[task.name].pop("order")
                 graded, scores[task.name] = grade_and_score(records, task.name, task.verifier, task.answer_type, cfg)
                 tasks[task.name] = _task_provenance(task, scores[task.name])
                 samples.extend(graded)
@@ -229,6 +257,8 @@ def run(cfg: EvalConfig, engine: Engine | None = None) -> dict[str, Any]:
             if own:
                 engine.close()
     write_jsonl(out / SAMPLES_FILE, samples)
+    if shard:  # what `eval merge` needs to rebuild the unsharded run's order and check that no sample is missing
+        atomic_write_json(out / SHARD_FILE, {"shard": cfg.shard, "order": order})
     results = report.build_results(cfg, scores, tasks, generation, grader_version=GRADER_VERSION)
     atomic_write_json(out / RESULTS_FILE, results)
     stats = {"samples": len(samples), "tasks": {name: {"problems": s["problems"], "samples": s["samples"],

@@ -90,10 +90,19 @@ def score_task(samples: list[dict], verifier: Verifier) -> dict[str, Any]:
     }
 
 
+def _options(answer_type: str, cfg: Any) -> SimpleNamespace:
+    return SimpleNamespace(workers=cfg.workers, answer_timeout=cfg.answer_timeout, answer_type=answer_type,
+                           answer_extraction=cfg.answer_extraction)
+
+
 def grade_and_score(records: list[Record], task_name: str, verifier: str, answer_type: str, cfg: Any
                     ) -> tuple[list[dict], dict[str, Any]]:
-    options = SimpleNamespace(workers=cfg.workers, answer_timeout=cfg.answer_timeout, answer_type=answer_type,
-                              answer_extraction=cfg.answer_extraction)
-    with make_verifier(verifier, options) as v:
+    with make_verifier(verifier, _options(answer_type, cfg)) as v:
         samples = grade_records(records, v, task_name)
         return samples, score_task(samples, v)
+
+
+def score_graded(samples: list[dict], verifier: str, answer_type: str, cfg: Any) -> dict[str, Any]:
+    """The metrics of samples graded before (eval merge): the same score_task, the verifier only for cons@k."""
+    with make_verifier(verifier, _options(answer_type, cfg)) as v:
+        return score_task(samples, v)

@@ -20,6 +20,7 @@ import dataclasses
 import importlib.util
 import json
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -208,6 +209,9 @@ def build_args(cfg: SftConfig, prep: dict[str, Any], out: Path):
     defaults: dict[str, Any] = {
         "bf16": cuda, "fp16": False, "report_to": "none", "save_total_limit": 2, "logging_first_step": True,
         "gradient_checkpointing": cuda, "eos_token": prep["eot"], "dataloader_pin_memory": cuda,
+        # Without a GPU, accelerate's state is a CPU one only when asked: then `accelerate launch --num_processes N`
+        # (the ddp config) trains N processes over gloo instead of N independent single-process runs.
+        "use_cpu": not cuda,
     }
     if cuda and importlib.util.find_spec("liger_kernel"):
         defaults["use_liger_kernel"] = True
@@ -226,7 +230,10 @@ def run(cfg: SftConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     prep = prepare(cfg)
     if cfg.overwrite:
-        clear_out(out)
+        # Under `accelerate launch` one process clears; the others only write files it rewrites after clearing, and
+        # none resumes (below), so no process can pick up a checkpoint that is being deleted.
+        if int(os.environ.get("RANK", "0") or 0) == 0:
+            clear_out(out)
     elif cfg.resume == "auto" and not cfg.preflight_only:
         check_resume(out, prep["resume_key"])
     out.mkdir(parents=True, exist_ok=True)
@@ -254,7 +261,7 @@ def run(cfg: SftConfig) -> dict[str, Any]:
     model = _load_model(cfg, prep["student"], prep["cuda"], init_kwargs, prep["attn"])
     if prep["added_pad"]:
         model.resize_token_embeddings(len(tokenizer))
-    resume = last_complete_checkpoint(out) if cfg.resume == "auto" else None
+    resume = last_complete_checkpoint(out) if cfg.resume == "auto" and not cfg.overwrite else None
     if resume:
         log.info("resuming from %s", resume)
     atomic_write_json(out / RESUME_FILE, prep["resume_key"])
@@ -277,7 +284,8 @@ def run(cfg: SftConfig) -> dict[str, Any]:
     stats.update(loss=losses, steps=trainer.state.global_step, tokens_seen=int(tokens[-1]) if tokens else None,
                  train_samples=len(train), epochs=cfg.epochs, resumed_from=resume,
                  train_runtime_s=result.metrics.get("train_runtime"), wall_time_s=round(time.time() - start, 2),
-                 final_loss=losses[-1]["loss"] if losses else None, lora=cfg.lora)
+                 final_loss=losses[-1]["loss"] if losses else None, lora=cfg.lora,
+                 processes=trainer.args.world_size)
     if trainer.is_world_process_zero():
         atomic_write_json(out / "stats.json", stats)
     log.info("sft done: %d steps on %d samples, loss %s -> %s, %s tokens, %.1fs; model in %s",
