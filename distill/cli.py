@@ -25,6 +25,8 @@ HELP = {
     "eval": "Score a model on AIME24/25, MATH-500, AMC23, ... the R1 way (pass@1 over n samples).",
     "publish": "Push a curated dataset to the Hugging Face Hub with a provenance card.",
     "demo": "The whole loop, offline, on a toy task: generate → filter → sft → eval.",
+    "grpo": "RL with verifiable rewards: TRL's GRPO on problems with gold answers (R1 / R1-Zero), full or LoRA.",
+    "run": "Run a pipeline recipe's stages in order (e.g. sft → grpo → generate → filter → sft); complete ones skipped.",
 }
 
 
@@ -33,7 +35,8 @@ def _runner(stage: str):
     import importlib
 
     modules = {"generate": "distill.generate", "filter": "distill.filters.run", "sft": "distill.train.sft",
-               "eval": "distill.eval.run", "publish": "distill.data.publish", "demo": "distill.demo"}
+               "eval": "distill.eval.run", "publish": "distill.data.publish", "demo": "distill.demo",
+               "grpo": "distill.train.grpo", "run": "distill.pipeline"}
     return importlib.import_module(modules[stage]).run
 
 

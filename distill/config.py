@@ -92,6 +92,7 @@ class GenerateConfig(EngineMixin, DataSourceMixin):
 FILTER_STEPS = ("finished", "think_format", "answer_correct", "code_correct", "length", "repetition", "language",
                 "dedup", "decontaminate", "select")
 DEFAULT_FILTER_STEPS = tuple(s for s in FILTER_STEPS if s != "code_correct")
+LANGUAGE_CHOICES = ("auto", "latin", "cyrillic", "arabic", "hebrew", "devanagari", "thai", "cjk", "hangul")
 
 
 @dataclass
@@ -115,7 +116,7 @@ class FilterConfig(DataSourceMixin):
     repetition_ngram: int = opt(20, "repetition: word n-gram size of the loop detector")
     repetition_max_repeats: int = opt(10, "repetition: drop when one n-gram occurs this many times")
     language: str = opt("auto", "language: expected script of the reasoning (auto = the problem's)",
-                        choices=("auto", "latin", "cyrillic", "arabic", "hebrew", "devanagari", "thai", "cjk", "hangul"))
+                        choices=LANGUAGE_CHOICES)
     language_max_foreign: float = opt(0.05, "language: max share of words/characters in another script")
     dedup_threshold: float = opt(0.8, "dedup: MinHash Jaccard similarity at which a completion is a near-duplicate")
     decontam_ngram: int = opt(8, "decontaminate: word n-gram size matched against the eval sets")
@@ -209,6 +210,71 @@ class DemoConfig:
     seed: int = opt(0, "seed for the toy data, the models and sampling")
 
 
+@dataclass
+class GrpoConfig(DataSourceMixin):
+    model: str = opt("", "policy to train: an SFT'd student (R1) or a base model (R1-Zero); folder or Hub id", required=True)
+    data: str = opt("", "problems with gold answers: bundled task, JSONL/Parquet/CSV file, folder or Hub id", required=True)
+    out: str = opt("", "output directory for the model, checkpoints, steps.jsonl and stats.json", required=True)
+    limit: int | None = opt(None, "only the first K problems (after the difficulty selection)")
+    pass_rate_from: str | None = opt(None, "difficulty selection: a `distill eval` output dir (or its samples.jsonl); "
+                                           "keep problems with pass rate in [pass_rate_min, pass_rate_max]")
+    pass_rate_min: float = opt(0.0, "difficulty selection: lowest pass rate kept (inclusive)")
+    pass_rate_max: float = opt(1.0, "difficulty selection: highest pass rate kept (inclusive)")
+    verifier: str = opt("task", "what grades a completion: task (the task's own; math for data files) | math | code",
+                        choices=("task", "math", "code"))
+    answer_type: str = opt("task", "math grading mode; task: the task's own (auto for data files)",
+                           choices=("task", "auto", "integer", "number", "expression"))
+    answer_extraction: str = opt("boxed", "which answers earn the reward: boxed (only a \\boxed{} answer) | chain",
+                                 choices=("boxed", "chain"))
+    answer_timeout: float = opt(5.0, "hard per-completion grading timeout in seconds; a timeout scores 0")
+    workers: int | None = opt(None, "grader worker processes (default: half the cores, at least 1)")
+    correctness_weight: float = opt(1.0, "weight of the verifier's reward (1/0, or the code pass fraction)")
+    format_weight: float = opt(0.1, "weight of the format reward: 1 when filter's think_format passes, else 0")
+    language_weight: float = opt(0.0, "weight of R1's language reward: share of words in the problem's script (0: off)")
+    language: str = opt("auto", "language reward: expected script (auto = the problem's)", choices=LANGUAGE_CHOICES)
+    length_weight: float = opt(0.0, "weight of DAPO's overlong penalty: 0 up to max_completion_length - overlong_buffer "
+                                    "tokens, then linearly to -1; truncated: -1 (0: off)")
+    overlong_buffer: int = opt(1024, "length penalty: the tokens before max_completion_length over which it ramps")
+    num_generations: int = opt(8, "G: completions sampled per problem; rewards are normalised within the group")
+    prompts_per_step: int = opt(16, "problems per optimizer step (each with G completions)")
+    max_completion_length: int = opt(8192, "max new tokens per completion (DeepScaleR: 8k, then 16k, then 24k)")
+    temperature: float = opt(1.0, "rollout sampling temperature")
+    top_p: float = opt(1.0, "rollout nucleus sampling top-p")
+    learning_rate: float = opt(1e-6, "peak learning rate")
+    beta: float = opt(0.0, "KL coefficient to the reference model (DeepSeekMath 0.04, R1 0.001; 0: no reference model)")
+    epochs: float = opt(1.0, "passes over the problems")
+    max_steps: int = opt(-1, "stop after N optimizer steps (-1: run all epochs)")
+    save_steps: int = opt(50, "save a checkpoint every N steps (the unit of resume)")
+    rollout: str = opt("auto", "who samples: vllm (TRL drives it; the CPU build too) | transformers (model.generate) | "
+                               "auto (vllm when installed)", choices=("auto", "vllm", "transformers"))
+    vllm_mode: str = opt("colocate", "vllm rollouts: colocate (in this process) | server (`trl vllm-serve`)",
+                         choices=("colocate", "server"))
+    vllm_server_url: str | None = opt(None, "vllm_mode server: base URL of `trl vllm-serve`, e.g. http://127.0.0.1:8000")
+    chat_template: str = opt("auto", "auto (the model's inference template; its family's for a base model without "
+                                     "one), own, chatml, deepseek-r1, llama3 or a .jinja file; saved with the model")
+    prompt_template: str | None = opt(None, "file with a user-turn template containing {problem} (default: R1)")
+    think_prefill: str = opt("auto", "start the assistant turn with '<think>\\n': auto|on|off", choices=("auto", "on", "off"))
+    lora: bool = opt(False, "train a LoRA adapter instead of all weights")
+    lora_r: int = opt(16, "LoRA rank")
+    lora_alpha: int = opt(32, "LoRA alpha")
+    lora_dropout: float = opt(0.05, "LoRA dropout")
+    lora_target_modules: list[str] = opt(["all-linear"], "LoRA target modules (comma-separated), or all-linear")
+    merge_lora: bool = opt(True, "with --lora, also save the merged full model in OUT/merged (loadable by vLLM)")
+    seed: int = opt(42, "training and sampling seed")
+    resume: str = opt("auto", "auto: continue from the newest complete checkpoint in --out (refused when the config "
+                              "changed); never: train from the start", choices=("auto", "never"))
+    overwrite: bool = opt(False, "delete --out's checkpoints and model and start over")
+    trl: dict[str, Any] = opt({}, "extra TRL GRPOConfig fields, passed through as-is (recipe only)")
+
+
+@dataclass
+class RunConfig:
+    recipe: str = opt("", "pipeline YAML: `stages:` in order, each `{name, stage, <that stage's options>}`",
+                      positional=True, required=True)
+    force: list[str] = opt([], "rerun these stages (comma-separated names) even when complete")
+    dry_run: bool = opt(False, "print which stages would run or be skipped, and run nothing")
+
+
 STAGE_CONFIGS: dict[str, type] = {
     "generate": GenerateConfig,
     "filter": FilterConfig,
@@ -216,6 +282,8 @@ STAGE_CONFIGS: dict[str, type] = {
     "eval": EvalConfig,
     "publish": PublishConfig,
     "demo": DemoConfig,
+    "grpo": GrpoConfig,
+    "run": RunConfig,
 }
 
 # ---------------------------------------------------------------- loading
