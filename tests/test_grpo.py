@@ -171,6 +171,23 @@ def test_bad_configs_give_one_line_errors(extra, message, tmp_path, capsys, tiny
     assert rc != 0 and message in err and err.strip().count("\n") == 0, err
 
 
+def test_recipe_typos_and_cpu_server_mode_are_one_line_errors(tmp_path, capsys, tiny_qwen_dir):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {tiny_qwen_dir}\ndata: gsm8k\nout: {tmp_path / 'o'}\nnum_generation: 4\n")
+    assert main(["grpo", "--config", str(recipe)]) == 1
+    err = capsys.readouterr().err
+    assert "unknown option 'num_generation' (did you mean 'num_generations'?)" in err and err.count("\n") == 1
+    import torch
+
+    if not torch.cuda.is_available():
+        args = ["grpo", "--model", str(tiny_qwen_dir), "--data", "gsm8k", "--out", str(tmp_path / "o"),
+                "--vllm-mode", "server", "--rollout", "vllm", "--limit", "4", "--max-completion-length", "64"]
+        assert main(args) == 1
+        err = capsys.readouterr().err
+        assert "needs a CUDA GPU" in err and err.count("\n") == 1
+        assert not (tmp_path / "o").exists()
+
+
 def test_bad_trl_fields_fail_before_anything_loads(tmp_path, tiny_qwen_dir):
     recipe = {"model": str(tiny_qwen_dir), "data": "gsm8k", "out": str(tmp_path / "o"),
               "trl": {"num_generation": 4, "beta": 0.1, "per_device_train_batch_size": "four"}}

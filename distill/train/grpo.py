@@ -172,6 +172,15 @@ def run(cfg: GrpoConfig) -> dict[str, Any]:
     start = time.time()
     out = Path(cfg.out)
     prep = prepare(cfg)
+    import torch
+
+    from distill.train.grpo_rollout import StepClock, choose_rollout, engine_seam, reload_sync
+
+    cuda = torch.cuda.is_available()
+    rollout, why = choose_rollout(cfg.rollout, cuda)
+    if rollout == "vllm" and cfg.vllm_mode == "server" and not cuda:
+        raise DistillError("--vllm-mode server: TRL pushes the weights to `trl vllm-serve` over NCCL, which needs a "
+                           "CUDA GPU; on CPU use --vllm-mode colocate (vLLM's CPU build in this process)")
     if cfg.overwrite:
         clear_out(out)
         (out / STEPS_FILE).unlink(missing_ok=True)
@@ -180,20 +189,13 @@ def run(cfg: GrpoConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
 
-    import torch
     from datasets import Dataset
     from trl import GRPOTrainer
 
     from distill.train.grpo_log import StepLog, summarize
-    from distill.train.grpo_rollout import StepClock, choose_rollout, engine_seam, reload_sync
     from distill.train.rewards import Rewards
     from distill.verify import make_verifier
 
-    cuda = torch.cuda.is_available()
-    rollout, why = choose_rollout(cfg.rollout, cuda)
-    if rollout == "vllm" and cfg.vllm_mode == "server" and not cuda:
-        raise DistillError("--vllm-mode server: TRL pushes the weights to `trl vllm-serve` over NCCL, which needs a "
-                           "CUDA GPU; on CPU use --vllm-mode colocate (vLLM's CPU build in this process)")
     log.info("grpo: %d problems x G=%d, %d problems per step; rollouts: %s", len(prep["rows"]), cfg.num_generations,
              cfg.prompts_per_step, why)
     tokenizer, grade = prep["tokenizer"], prep["grading"]
@@ -203,6 +205,8 @@ def run(cfg: GrpoConfig) -> dict[str, Any]:
     with make_verifier(grade.verifier, options) as verifier:
         rewards = Rewards(verifier, weights(cfg), cfg.max_completion_length, cfg.overlong_buffer,
                           [tokenizer.eos_token_id], cfg.language)
+        first = prep["rows"][0]
+        rewards.check(first["problem_id"], first["problem"], first["answer"])
         funcs, reward_weights = rewards.functions()
         args = build_args(cfg, prep, out, rollout, cuda, reward_weights)
         steps = StepLog(out / STEPS_FILE, rewards)

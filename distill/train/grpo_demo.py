@@ -18,9 +18,10 @@ from distill.data.io import write_jsonl
 
 log = logging.getLogger(__name__)
 
-# GRPO on the toy student: G=8 at t=1.0 (diverse groups), 4 problems per step, one reward: the verifier's.
-TOY_GRPO = dict(num_generations=8, prompts_per_step=4, max_completion_length=128, temperature=1.0, top_p=1.0,
-                learning_rate=5e-5, format_weight=0.1, workers=1)
+# GRPO on the toy student: G=8 at t=1.0 (diverse groups), 8 problems per step, the verifier's reward + 0.1 format.
+# Measured on the toy student (fit ~79%): lr 2e-4 raises the training reward in 40 steps; 5e-4 collapses it.
+TOY_GRPO = dict(num_generations=8, prompts_per_step=8, max_completion_length=128, temperature=1.0, top_p=1.0,
+                learning_rate=2e-4, format_weight=0.1, workers=1)
 EVAL_SAMPLING = dict(temperature=0.6, top_p=0.95, max_tokens=128, max_model_len=512, dtype="float32")
 
 
@@ -38,7 +39,7 @@ def heldout_pass1(model: str | Path, heldout: Path, out: Path, n: int, seed: int
 
 
 def demo_stage(student_dir: str | Path, problems: list[dict[str, Any]], heldout: list[dict[str, Any]],
-               out: str | Path, seed: int = 0, *, steps: int = 30, eval_n: int = 4, before: float | None = None,
+               out: str | Path, seed: int = 0, *, steps: int = 40, eval_n: int = 4, before: float | None = None,
                grpo: dict[str, Any] | None = None, sampling: dict[str, Any] | None = None) -> dict[str, Any]:
     """GRPO from `student_dir` on `problems` (rows with id, problem, answer), evaluated on `heldout` before and after.
 

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from distill.data.record import Record
+from distill.errors import DistillError
 from distill.filters.steps import Language, ThinkFormat, dominant_script, script_counts
 from distill.prompts import with_think_prefix
 from distill.verify import Verifier
@@ -99,6 +100,20 @@ class Rewards:
         self.language_check = Language(language)
         self.verdicts: Counter[str] = Counter()  # every correctness verdict of the run, by reason ("correct" if none)
         self.last_batch: dict[str, float] = {}
+
+    def check(self, problem_id: str, problem: str, answer: str) -> None:
+        """Fail before training, not at step 1, when the verifier does not grade records into verdicts with a reward
+        (an empty completion: graded without running anything)."""
+        if self.weights["correctness"] == 0:
+            return
+        probe = records_of([""], [problem_id], [problem], [answer], [False])
+        try:
+            verdict = next(iter(self.verifier.verify_many(probe)))
+            float(verdict.reward)
+        except (TypeError, AttributeError, ValueError, StopIteration) as e:
+            raise DistillError(f"verifier {getattr(self.verifier, 'name', '?')}: does not grade records into verdicts "
+                               f"with a reward ({type(e).__name__}: {e}); the correctness reward needs "
+                               f"verify_many(records) -> Verdict (distill/verify/__init__.py)") from None
 
     def functions(self) -> tuple[list[Callable[..., list[float]]], list[float]]:
         names = [n for n in REWARDS if self.weights[n] != 0.0]
