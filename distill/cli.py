@@ -13,7 +13,8 @@ import click
 
 from distill import __version__
 from distill._compat import die_with_parent_children
-from distill.config import STAGE_CONFIGS, _base_type, field_type, fields_of, load_config
+from distill.config import STAGE_CONFIGS, load_config
+from distill.recipe import base_type, field_type, fields_of
 from distill.errors import DistillError
 
 TRACEBACK_ENV = "DISTILL_TRACEBACK"
@@ -26,6 +27,8 @@ HELP = {
     "eval": "Score a model on AIME24/25, MATH-500, AMC23, ... the R1 way (pass@1 over n samples).",
     "publish": "Push a curated dataset to the Hugging Face Hub with a provenance card.",
     "demo": "The whole loop, offline, on a toy task: generate → filter → sft → eval.",
+    "grpo": "RL with verifiable rewards: TRL's GRPO on problems with gold answers (R1 / R1-Zero), full or LoRA.",
+    "run": "Run a pipeline recipe's stages in order (e.g. sft → grpo → generate → filter → sft); complete ones skipped.",
 }
 
 
@@ -35,7 +38,7 @@ def _runner(stage: str):
 
     modules = {"generate": "distill.generate", "filter": "distill.filters.run", "sft": "distill.train.sft",
                "kd": "distill.train.kd", "eval": "distill.eval.run", "publish": "distill.data.publish",
-               "demo": "distill.demo"}
+               "demo": "distill.demo", "grpo": "distill.train.grpo", "run": "distill.pipeline"}
     return importlib.import_module(modules[stage]).run
 
 
@@ -51,7 +54,7 @@ def _click_params(cls: type) -> list[click.Parameter]:
     own = [n for n in fields if n in cls.__dict__.get("__annotations__", {})]  # the stage's own options first in --help
     for name in own + [n for n in fields if n not in own]:
         f = fields[name]
-        tp, _ = _base_type(field_type(cls, name))
+        tp, _ = base_type(field_type(cls, name))
         if typing.get_origin(tp) is dict or tp is dict:
             continue  # nested mappings (e.g. TRL pass-through) are recipe-only
         if f.metadata.get("positional"):

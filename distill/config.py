@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import types
-import typing
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
 from distill.data.code_tests import TESTS_FORMATS
-from distill.errors import DistillError
-
-
-def opt(default: Any, help: str, **extra: Any) -> Any:
-    """A config field: typed by its annotation, defaulted, with one line of help."""
-    meta = {"help": help, **extra}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
+# The loading machinery lives in recipe.py; its names are re-exported here so stages import one module.
+from distill.recipe import (build_config, coerce, config_dict, load_config, opt,  # noqa: F401
+                            read_recipe, save_config)
 
 
 # ---------------------------------------------------------------- stage configs
@@ -98,6 +85,7 @@ class GenerateConfig(EngineMixin, DataSourceMixin):
 # The default filter pipeline, for math traces (the steps themselves: filters/run.py FILTERS and VERIFIED_STEPS).
 DEFAULT_FILTER_STEPS = ("finished", "think_format", "answer_correct", "length", "repetition", "language", "dedup",
                         "decontaminate", "select")
+LANGUAGE_CHOICES = ("auto", "latin", "cyrillic", "arabic", "hebrew", "devanagari", "thai", "cjk", "hangul")
 
 
 @dataclass
@@ -121,7 +109,7 @@ class FilterConfig(DataSourceMixin):
     repetition_ngram: int = opt(20, "repetition: word n-gram size of the loop detector")
     repetition_max_repeats: int = opt(10, "repetition: drop when one n-gram occurs this many times")
     language: str = opt("auto", "language: expected script of the reasoning (auto = the problem's)",
-                        choices=("auto", "latin", "cyrillic", "arabic", "hebrew", "devanagari", "thai", "cjk", "hangul"))
+                        choices=LANGUAGE_CHOICES)
     language_max_foreign: float = opt(0.05, "language: max share of words/characters in another script")
     dedup_threshold: float = opt(0.8, "dedup: MinHash Jaccard similarity at which a completion is a near-duplicate")
     decontam_ngram: int = opt(8, "decontaminate: word n-gram size matched against the eval sets")
@@ -247,6 +235,71 @@ class KdConfig(DataSourceMixin):
     trl: dict[str, Any] = opt({}, "extra TRL GKDConfig fields, passed through as-is (recipe only)")
 
 
+@dataclass
+class GrpoConfig(DataSourceMixin):
+    model: str = opt("", "policy to train: an SFT'd student (R1) or a base model (R1-Zero); folder or Hub id", required=True)
+    data: str = opt("", "problems with gold answers: bundled task, JSONL/Parquet/CSV file, folder or Hub id", required=True)
+    out: str = opt("", "output directory for the model, checkpoints, steps.jsonl and stats.json", required=True)
+    limit: int | None = opt(None, "only the first K problems (after the difficulty selection)")
+    pass_rate_from: str | None = opt(None, "difficulty selection: a `distill eval` output dir (or its samples.jsonl); "
+                                           "keep problems with pass rate in [pass_rate_min, pass_rate_max]")
+    pass_rate_min: float = opt(0.0, "difficulty selection: lowest pass rate kept (inclusive)")
+    pass_rate_max: float = opt(1.0, "difficulty selection: highest pass rate kept (inclusive)")
+    verifier: str = opt("task", "what grades a completion: task (the task's own; math for data files) | math | code",
+                        choices=("task", "math", "code"))
+    answer_type: str = opt("task", "math grading mode; task: the task's own (auto for data files)",
+                           choices=("task", "auto", "integer", "number", "expression"))
+    answer_extraction: str = opt("boxed", "which answers earn the reward: boxed (only a \\boxed{} answer) | chain",
+                                 choices=("boxed", "chain"))
+    answer_timeout: float = opt(5.0, "hard per-completion grading timeout in seconds; a timeout scores 0")
+    workers: int | None = opt(None, "grader worker processes (default: half the cores, at least 1)")
+    correctness_weight: float = opt(1.0, "weight of the verifier's reward (1/0, or the code pass fraction)")
+    format_weight: float = opt(0.1, "weight of the format reward: 1 when filter's think_format passes, else 0")
+    language_weight: float = opt(0.0, "weight of R1's language reward: share of words in the problem's script (0: off)")
+    language: str = opt("auto", "language reward: expected script (auto = the problem's)", choices=LANGUAGE_CHOICES)
+    length_weight: float = opt(0.0, "weight of DAPO's overlong penalty: 0 up to max_completion_length - overlong_buffer "
+                                    "tokens, then linearly to -1; truncated: -1 (0: off)")
+    overlong_buffer: int = opt(1024, "length penalty: the tokens before max_completion_length over which it ramps")
+    num_generations: int = opt(8, "G: completions sampled per problem; rewards are normalised within the group")
+    prompts_per_step: int = opt(16, "problems per optimizer step (each with G completions)")
+    max_completion_length: int = opt(8192, "max new tokens per completion (DeepScaleR: 8k, then 16k, then 24k)")
+    temperature: float = opt(1.0, "rollout sampling temperature")
+    top_p: float = opt(1.0, "rollout nucleus sampling top-p")
+    learning_rate: float = opt(1e-6, "peak learning rate")
+    beta: float = opt(0.0, "KL coefficient to the reference model (DeepSeekMath 0.04, R1 0.001; 0: no reference model)")
+    epochs: float = opt(1.0, "passes over the problems")
+    max_steps: int = opt(-1, "stop after N optimizer steps (-1: run all epochs)")
+    save_steps: int = opt(50, "save a checkpoint every N steps (the unit of resume)")
+    rollout: str = opt("auto", "who samples: vllm (TRL drives it; the CPU build too) | transformers (model.generate) | "
+                               "auto (vllm when installed)", choices=("auto", "vllm", "transformers"))
+    vllm_mode: str = opt("colocate", "vllm rollouts: colocate (in this process) | server (`trl vllm-serve`)",
+                         choices=("colocate", "server"))
+    vllm_server_url: str | None = opt(None, "vllm_mode server: base URL of `trl vllm-serve`, e.g. http://127.0.0.1:8000")
+    chat_template: str = opt("auto", "auto (the model's inference template; its family's for a base model without "
+                                     "one), own, chatml, deepseek-r1, llama3 or a .jinja file; saved with the model")
+    prompt_template: str | None = opt(None, "file with a user-turn template containing {problem} (default: R1)")
+    think_prefill: str = opt("auto", "start the assistant turn with '<think>\\n': auto|on|off", choices=("auto", "on", "off"))
+    lora: bool = opt(False, "train a LoRA adapter instead of all weights")
+    lora_r: int = opt(16, "LoRA rank")
+    lora_alpha: int = opt(32, "LoRA alpha")
+    lora_dropout: float = opt(0.05, "LoRA dropout")
+    lora_target_modules: list[str] = opt(["all-linear"], "LoRA target modules (comma-separated), or all-linear")
+    merge_lora: bool = opt(True, "with --lora, also save the merged full model in OUT/merged (loadable by vLLM)")
+    seed: int = opt(42, "training and sampling seed")
+    resume: str = opt("auto", "auto: continue from the newest complete checkpoint in --out (refused when the config "
+                              "changed); never: train from the start", choices=("auto", "never"))
+    overwrite: bool = opt(False, "delete --out's checkpoints and model and start over")
+    trl: dict[str, Any] = opt({}, "extra TRL GRPOConfig fields, passed through as-is (recipe only)")
+
+
+@dataclass
+class RunConfig:
+    recipe: str = opt("", "pipeline YAML: `stages:` in order, each `{name, stage, <that stage's options>}`",
+                      positional=True, required=True)
+    force: list[str] = opt([], "rerun these stages (comma-separated names) even when complete")
+    dry_run: bool = opt(False, "print which stages would run or be skipped, and run nothing")
+
+
 STAGE_CONFIGS: dict[str, type] = {
     "generate": GenerateConfig,
     "filter": FilterConfig,
@@ -255,137 +308,6 @@ STAGE_CONFIGS: dict[str, type] = {
     "eval": EvalConfig,
     "publish": PublishConfig,
     "demo": DemoConfig,
+    "grpo": GrpoConfig,
+    "run": RunConfig,
 }
-
-# ---------------------------------------------------------------- loading
-
-
-def fields_of(cls: type) -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(cls)}
-
-
-def field_type(cls: type, name: str) -> Any:
-    return typing.get_type_hints(cls)[name]
-
-
-def _base_type(tp: Any) -> tuple[Any, bool]:
-    """(inner type, optional?) for `X | None`."""
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return args[0], True
-    return tp, False
-
-
-def coerce(cls: type, name: str, value: Any) -> Any:
-    """Convert a recipe/CLI value to the field's type, or raise ValueError saying what was expected."""
-    tp, optional = _base_type(field_type(cls, name))
-    if value is None:
-        if optional:
-            return None
-        raise ValueError("must not be empty")
-    origin = typing.get_origin(tp)
-    if origin is list:
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
-            raise ValueError("expected a list or a comma-separated string")
-        return [str(v) for v in value]
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ValueError("expected a mapping")
-        return value
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
-            return value.lower() in ("true", "yes", "1", "on")
-        raise ValueError("expected true or false")
-    if tp is int:
-        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ValueError(f"expected an integer, got {value!r}")
-        try:
-            return int(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"expected an integer, got {value!r}") from None
-    if tp is float:
-        if isinstance(value, bool):
-            raise ValueError(f"expected a number, got {value!r}")
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"expected a number, got {value!r}") from None
-    if tp is str:
-        if isinstance(value, (dict, list)):
-            raise ValueError(f"expected a string, got a {type(value).__name__}")
-        return str(value)
-    raise TypeError(f"unsupported config type {tp!r}")
-
-
-def read_recipe(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise DistillError(f"recipe {p}: file not found; pass an existing YAML file to --config")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{p}:{mark.line + 1}" if mark else str(p)
-        raise DistillError(f"recipe {where}: not valid YAML ({getattr(e, 'problem', e)}); fix the syntax") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise DistillError(f"recipe {p}: expected a mapping of option: value, got a {type(data).__name__}")
-    return data
-
-
-def build_config(cls: type, recipe: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
-                 origin: str = "recipe") -> Any:
-    """Defaults < recipe < overrides (CLI flags). Every problem is reported at once, in one line."""
-    known = fields_of(cls)
-    values: dict[str, Any] = {}
-    errors: list[str] = []
-    for layer_name, layer in ((origin, recipe or {}), ("flag", overrides or {})):
-        for key, value in layer.items():
-            name = str(key).replace("-", "_")
-            if name not in known:
-                hint = difflib.get_close_matches(name, known, n=1)
-                suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
-                errors.append(f"{layer_name}: unknown option '{key}'{suggestion}")
-                continue
-            try:
-                value = coerce(cls, name, value)
-            except ValueError as e:
-                errors.append(f"{layer_name}: option '{key}': {e}")
-                continue
-            choices = known[name].metadata.get("choices")
-            if choices and value is not None and value not in choices:
-                errors.append(f"{layer_name}: option '{key}': {value!r} is not one of {', '.join(choices)}")
-                continue
-            values[name] = value
-    for name, f in known.items():
-        if f.metadata.get("required") and not values.get(name):
-            flag = name.upper() if f.metadata.get("positional") else "--" + name.replace("_", "-")
-            errors.append(f"missing required option '{name}' (pass {flag} or set it in the recipe)")
-    if errors:
-        raise DistillError("; ".join(errors))
-    return cls(**values)
-
-
-def load_config(cls: type, config_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Any:
-    recipe = read_recipe(config_path) if config_path else {}
-    return build_config(cls, recipe, overrides, origin=f"recipe {config_path}" if config_path else "recipe")
-
-
-def config_dict(cfg: Any) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
-
-
-def save_config(cfg: Any, out_dir: str | Path, name: str = "config.yaml") -> Path:
-    """Write the resolved config beside the outputs (atomically) so a run can be repeated exactly; credentials in
-    URLs (--base-url http://user:pass@host) are replaced by *** (the key itself is never a config value)."""
-    from distill.data.io import atomic_write_text
-    from distill.redact import redact_url
-
-    values = {k: redact_url(v) if isinstance(v, str) else v for k, v in config_dict(cfg).items()}
-    text = yaml.safe_dump(values, sort_keys=False, allow_unicode=True)
-    return atomic_write_text(Path(out_dir) / name, text)

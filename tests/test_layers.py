@@ -10,7 +10,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "distill"
 LAYERS = [
-    ("errors", "redact", "_compat", "_guard", "config", "prompts", "templates", "tiny", "models", "data",
+    ("errors", "redact", "_compat", "_guard", "recipe", "config", "prompts", "templates", "tiny", "models", "data",
      "data.record", "data.io"),
     ("tasks", "data.adapters", "data.reader"),
     ("verify",),
