@@ -26,7 +26,7 @@ HELP = {
     "kd": "On-policy distillation (GKD): the student samples, the teacher's per-token distribution trains it.",
     "eval": "Score a model on AIME24/25, MATH-500, AMC23, ... the R1 way (pass@1 over n samples).",
     "publish": "Push a curated dataset to the Hugging Face Hub with a provenance card.",
-    "demo": "The whole loop, offline, on a toy task: generate → filter → sft → eval.",
+    "demo": "The whole loop, offline, on a toy task: generate → filter → sft → eval, then kd and grpo from the student.",
     "grpo": "RL with verifiable rewards: TRL's GRPO on problems with gold answers (R1 / R1-Zero), full or LoRA.",
     "run": "Run a pipeline recipe's stages in order (e.g. sft → grpo → generate → filter → sft); complete ones skipped.",
 }

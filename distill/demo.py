@@ -3,7 +3,9 @@
 The task: the sum of 4-7 single digits ("What is 3 + 7 + 2 + 8?"). Written step by step (running totals in
 <think>) each step is one small addition; answered at once it is not. A toy teacher is trained from scratch on
 gold traces with `distill sft` (cached, keyed by its recipe), then the real loop runs: `generate` (vLLM) →
-`filter` → `sft` of a fresh student → `eval` of the teacher, the student before and the student after.
+`filter` → `sft` of a fresh student → `eval` of the teacher, the student before and the student after; then two
+stages start from the SFT'd student and are scored the same way: on-policy distillation (`kd`) and RL on the
+verifier's reward (`grpo`, vLLM rollouts).
 
 Why it reproduces on any machine: a model this small learns the task through a sudden transition whose timing
 depends on the CPU's floating-point kernels and the seed (measured: after the same 800 steps, 18% on one VM and 70%
@@ -227,6 +229,11 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
 
     kd = kd_stage(out / "student", teacher, out / "problems.jsonl", out / "heldout.jsonl", out / "kd", seed=cfg.seed,
                   eval_n=cfg.eval_n, before=scores["student_after"])
+    # And from the same student: RL with the verifier's reward (distill grpo), the R1 recipe's next stage.
+    from distill.train.grpo_demo import demo_stage as grpo_stage
+
+    grpo = grpo_stage(out / "student", strip(train), strip(heldout), out / "grpo", seed=cfg.seed, eval_n=cfg.eval_n,
+                      before=scores["student_after"])
 
     n_kept, total = fstats["kept"], fstats["input"]
     summary = {
@@ -235,6 +242,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
         "student_before_pass1": scores["student_before"],
         "student_after_pass1": scores["student_after"],
         "student_kd_pass1": kd["pass1_after"],
+        "student_grpo_pass1": grpo["pass1_after"],
         "traces_generated": total,
         "traces_kept": n_kept,
         "heldout_problems": len(heldout),
@@ -242,6 +250,8 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
         "teacher_training": teacher_report,
         "student_training": {"rounds": student_rounds, "fit_on": f"{FIT_SAMPLES} of its kept training traces"},
         "kd": {k: kd[k] for k in ("steps", "kd_seconds", "loss_first", "loss_last", "options")},
+        "grpo": {k: grpo[k] for k in ("steps", "grpo_seconds", "rollout", "reward_early", "reward_late",
+                                      "pass_rate_early", "pass_rate_late")},
         "teacher_seconds": round(t_teacher, 1),
         "wall_time_s": round(time.time() - t0, 1),
         "config": dataclasses.asdict(cfg),
@@ -261,6 +271,8 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
         f"{student_rounds[-1]['fit']:.1f}%)",
         f"  SFT + kd                {kd['pass1_after']:6.1f}   (on-policy distillation, {kd['steps']} steps, "
         f"{kd['kd_seconds']:.0f} s)",
+        f"  SFT + grpo              {grpo['pass1_after']:6.1f}   (RL on the verifier's reward, {grpo['steps']} steps, "
+        f"training reward {grpo['reward_early']:.2f} → {grpo['reward_late']:.2f}, {grpo['grpo_seconds']:.0f} s)",
         f"  wall time               {summary['wall_time_s']:6.1f} s  → {out / 'demo.json'}",
     ]
     log.info("\n".join(table))

@@ -27,7 +27,8 @@ def test_demo_student_ends_clearly_better(tmp_path):
     cfg = DemoConfig(out=str(tmp_path / "demo"), cache_dir=str(tmp_path / "cache"))
     summary = run(cfg)
     on_disk = json.loads((tmp_path / "demo" / "demo.json").read_text())
-    for key in ("teacher_pass1", "keep_rate", "student_before_pass1", "student_after_pass1", "student_kd_pass1"):
+    for key in ("teacher_pass1", "keep_rate", "student_before_pass1", "student_after_pass1", "student_kd_pass1",
+                "student_grpo_pass1"):
         assert on_disk[key] == summary[key]
     # Both models were trained until they fit their check traces (the demo stops with an error otherwise).
     assert summary["teacher_training"]["rounds"][-1]["fit"] >= 80.0
@@ -37,3 +38,8 @@ def test_demo_student_ends_clearly_better(tmp_path):
     assert summary["student_after_pass1"] >= summary["student_before_pass1"] + 20.0
     # + kd starts from the SFT'd student: it must not make it worse beyond the evals' sampling noise
     assert summary["student_kd_pass1"] >= summary["student_after_pass1"] - 10.0
+    # + grpo from the same student (issue 13): the training reward rose, held-out pass@1 did not fall beyond the
+    # evals' sampling noise (measured: within 3 points either way at 100 problems x 4 samples)
+    grpo = summary["grpo"]
+    assert grpo["rollout"] == "vllm" and grpo["reward_late"] > grpo["reward_early"], grpo
+    assert summary["student_grpo_pass1"] >= summary["student_after_pass1"] - 5.0
