@@ -122,6 +122,10 @@ def mark_complete(stage: Stage) -> None:
 
 
 def stage_runner(stage: str):
+    if stage == "grpo":  # in its own process: its colocated vLLM tears down process-wide state (grpo.run_isolated)
+        from distill.train.grpo import run_isolated
+
+        return run_isolated
     return importlib.import_module(STAGE_MODULES[stage]).run
 
 

@@ -102,11 +102,28 @@ def smollm2_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def vllm_engine(tiny_qwen_dir):
+def _vllm_engines():
+    held: dict = {}
+    yield held
+    if held.get("engine") is not None:
+        held["engine"].close()
+
+
+@pytest.fixture
+def vllm_engine(_vllm_engines, tiny_qwen_dir):
     """One real vLLM engine (CPU build on CPU machines) on the tiny Qwen2 behind distill's engine interface,
-    shared by the whole session."""
+    shared by the whole session. In-process vLLM engines (VLLM_ENABLE_V1_MULTIPROCESSING=0, set above for speed)
+    share process-wide parallel state, and the finalizer of any other in-process engine that a test started and
+    dropped tears it down when the garbage collector reaches it; then the shared engine is rebuilt."""
+    import gc
+
+    from vllm.distributed.parallel_state import model_parallel_is_initialized
+
     from distill.engine.vllm_engine import VLLMEngine
 
-    engine = VLLMEngine(str(tiny_qwen_dir), max_model_len=2048, dtype="float32", seed=0)
-    yield engine
-    engine.close()
+    gc.collect()  # run the finalizers of engines other tests dropped now, not in the middle of this test
+    if _vllm_engines.get("engine") is None or not model_parallel_is_initialized():
+        _vllm_engines["engine"] = None
+        gc.collect()
+        _vllm_engines["engine"] = VLLMEngine(str(tiny_qwen_dir), max_model_len=2048, dtype="float32", seed=0)
+    return _vllm_engines["engine"]

@@ -308,6 +308,14 @@ def test_demo_stage_on_vllm_rollouts_raises_reward_and_heldout_pass1(tmp_path, g
     assert max(r["sampling/sampling_logp_difference/mean"] for r in rows) < 0.05, rows
 
 
+def test_isolated_grpo_failure_is_one_line(tmp_path):
+    from distill.train.grpo import run_isolated
+
+    data = guess_data(tmp_path / "p.jsonl")
+    with pytest.raises(DistillError, match=r"the training process failed \(exit 1\)"):
+        run_isolated(guess_cfg(tmp_path / "no-such-model", data, tmp_path / "out", max_steps=1))
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_continues_the_step_count(tmp_path, guesser_dir):
     data, out = guess_data(tmp_path / "p.jsonl"), tmp_path / "out"

@@ -149,10 +149,12 @@ def _replica_pid(parent: int, r: int) -> int | None:
 
 @pytest.mark.slow
 def test_two_replicas_one_killed_mid_run_lose_and_duplicate_nothing(tmp_path, tiny_qwen_dir):
+    # 512 tokens: the random model ends its samples at scattered lengths (EOS is ~1 token in 384), so problems
+    # complete one by one and the kill at the first chunk lands mid-run; at 32 tokens all end at once, together.
     data = write_problems(tmp_path / "probs.jsonl", 16)
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "distill", "generate", "--teacher", str(tiny_qwen_dir), "--dataset", str(data),
-           "--out", str(out), "--n", "2", "--max-tokens", "32", "--chunk-size", "1", "--id-key", "uid",
+           "--out", str(out), "--n", "2", "--max-tokens", "512", "--chunk-size", "1", "--id-key", "uid",
            "--temperature", "1.0", "--dtype", "float32", "--max-model-len", "1024", "--data-parallel-size", "2"]
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_KVCACHE_SPACE": "1"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -237,3 +237,21 @@ def run(cfg: GrpoConfig) -> dict[str, Any]:
 
 def _fmt(x: float | None) -> str:
     return "?" if x is None else f"{x:.3f}"
+
+
+def run_isolated(cfg: GrpoConfig) -> dict[str, Any]:
+    """`run(cfg)` in a child process (`python -m distill grpo --config`), for callers that go on using vLLM in their
+    own process (the demo, `distill run`). TRL's colocated vLLM runs in the process that trains, and vLLM's shutdown
+    of an in-process engine tears down process-wide state — its parallel groups, torch.distributed — that any other
+    in-process engine of the caller still needs ("pipeline model parallel group is not initialized")."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="distill-grpo-") as tmp:
+        recipe = save_config(cfg, tmp, "grpo.yaml")
+        rc = subprocess.run([sys.executable, "-m", "distill", "grpo", "--config", str(recipe)]).returncode
+    if rc != 0:
+        raise DistillError(f"grpo into {cfg.out}: the training process failed (exit {rc}); its error is printed above")
+    return json.loads((Path(cfg.out) / "stats.json").read_text(encoding="utf-8"))

@@ -50,7 +50,7 @@ def demo_stage(student_dir: str | Path, problems: list[dict[str, Any]], heldout:
     last step), reward_early / reward_late (means over the first and last quarter of the steps), pass_rate_early /
     pass_rate_late (the training groups'), steps, rollout, grpo_seconds and wall_time_s. The GRPO model, its
     steps.jsonl and stats.json are in OUT/grpo."""
-    from distill.train.grpo import run as train
+    from distill.train.grpo import run_isolated as train  # the caller's in-process vLLM engines survive it
 
     t0 = time.time()
     sampling = {**EVAL_SAMPLING, **(sampling or {})}
