@@ -164,7 +164,7 @@ def main() -> None:
     print(f"# {a.samples} samples ({n_packs} bfd packs of {a.max_length}), 1 epoch, {a.steps} optimizer steps asked, "
           f"model {Path(model).name if a.model not in ('tiny',) else 'tiny 4x256'}")
     for name, r in results.items():
-        print(f"  {name:10s} {r['tokens']:7d} tokens in {r['steps']:3d} steps, {r['seconds']:7.1f}s = "
+        print(f"  {name:10s} {int(r['tokens']):7d} tokens in {int(r['steps']):3d} steps, {r['seconds']:7.1f}s = "
               f"{r['tokens'] / r['seconds']:7.0f} tok/s, final loss {r['loss']:.4f}, peak {r['peak_mb'][0]:.0f} MiB")
     tps = {k: r["tokens"] / r["seconds"] for k, r in results.items()}
     print(f"sft_throughput: ours {tps['ours']:.0f} tok/s, anchor {tps['trl-packed']:.0f} tok/s (TRL packing=True), "
