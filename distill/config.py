@@ -125,7 +125,23 @@ class FilterConfig(DataSourceMixin):
 
 
 @dataclass
-class SftConfig(DataSourceMixin):
+class TrainMixin:
+    """What every training stage (sft, kd, grpo) shares: LoRA, the seed, resume and overwrite."""
+
+    lora: bool = opt(False, "train a LoRA adapter instead of all weights")
+    lora_r: int = opt(16, "LoRA rank")
+    lora_alpha: int = opt(32, "LoRA alpha")
+    lora_dropout: float = opt(0.05, "LoRA dropout")
+    lora_target_modules: list[str] = opt(["all-linear"], "LoRA target modules (comma-separated), or all-linear")
+    merge_lora: bool = opt(True, "with --lora, also save the merged full model in OUT/merged (loadable by vLLM)")
+    seed: int = opt(42, "training seed (and the seed of the samples a stage draws while training)")
+    resume: str = opt("auto", "auto: continue from the newest complete checkpoint in --out (refused when the config "
+                              "changed); never: train from the start", choices=("auto", "never"))
+    overwrite: bool = opt(False, "delete --out's checkpoints and model and start over")
+
+
+@dataclass
+class SftConfig(TrainMixin, DataSourceMixin):
     student: str = opt("", "student model: local path or Hub id", required=True)
     data: str = opt("", "filter output, records JSONL/Parquet, or a messages/ShareGPT dataset", required=True)
     format: str | None = opt(None, "input format of a published dataset (default: detect)")
@@ -135,20 +151,10 @@ class SftConfig(DataSourceMixin):
     learning_rate: float = opt(1e-5, "peak learning rate")
     max_length: int = opt(16384, "max tokens per sample; longer samples are dropped, not truncated")
     max_steps: int = opt(-1, "stop after N optimizer steps (-1: run all epochs)")
-    lora: bool = opt(False, "train a LoRA adapter instead of all weights")
     preflight_only: bool = opt(False, "run the preflight checks, print them and exit")
     chat_template: str = opt("auto", "auto (own if it keeps <think>, else a template that does), own, chatml, deepseek-r1, llama3 or a .jinja file")
     max_dropped_share: float = opt(0.1, "fail the preflight if more than this share of samples is longer than max_length")
-    seed: int = opt(42, "training seed")
-    resume: str = opt("auto", "auto: continue from the newest complete checkpoint in --out (refused when the config "
-                              "changed); never: train from the start", choices=("auto", "never"))
-    overwrite: bool = opt(False, "delete --out's checkpoints and model and start over")
-    lora_r: int = opt(16, "LoRA rank")
-    lora_alpha: int = opt(32, "LoRA alpha")
-    lora_dropout: float = opt(0.05, "LoRA dropout")
-    lora_target_modules: list[str] = opt(["all-linear"], "LoRA target modules (comma-separated), or all-linear")
     load_in_4bit: bool = opt(False, "QLoRA: load the student in 4-bit (needs --lora, bitsandbytes and a CUDA GPU)")
-    merge_lora: bool = opt(True, "with --lora, also save the merged full model in OUT/merged (loadable by vLLM)")
     trl: dict[str, Any] = opt({}, "extra TRL SFTConfig fields, passed through as-is (recipe only)")
 
 
@@ -206,7 +212,7 @@ class DemoConfig:
 
 
 @dataclass
-class KdConfig(DataSourceMixin):
+class KdConfig(TrainMixin, DataSourceMixin):
     student: str = opt("", "student model (usually a `distill sft` output): local path or Hub id", required=True)
     teacher: str = opt("", "teacher model sharing the student's tokenizer: local path or Hub id", required=True)
     data: str = opt("", "problems: JSONL/Parquet/CSV file, dataset folder, bundled task name or Hub id", required=True)
@@ -222,21 +228,11 @@ class KdConfig(DataSourceMixin):
     limit: int | None = opt(None, "only the first K problems")
     chat_template: str = opt("auto", "template the prompts are rendered (and the model saved) with: auto, own, "
                                      "chatml, deepseek-r1, llama3 or a .jinja file (as for sft)")
-    lora: bool = opt(False, "train a LoRA adapter instead of all weights")
-    lora_r: int = opt(16, "LoRA rank")
-    lora_alpha: int = opt(32, "LoRA alpha")
-    lora_dropout: float = opt(0.05, "LoRA dropout")
-    lora_target_modules: list[str] = opt(["all-linear"], "LoRA target modules (comma-separated), or all-linear")
-    merge_lora: bool = opt(True, "with --lora, also save the merged full model in OUT/merged (loadable by vLLM)")
-    seed: int = opt(42, "training seed (sampling and the on-policy draw too)")
-    resume: str = opt("auto", "auto: continue from the newest complete checkpoint in --out (refused when the config "
-                              "changed); never: train from the start", choices=("auto", "never"))
-    overwrite: bool = opt(False, "delete --out's checkpoints and model and start over")
     trl: dict[str, Any] = opt({}, "extra TRL GKDConfig fields, passed through as-is (recipe only)")
 
 
 @dataclass
-class GrpoConfig(DataSourceMixin):
+class GrpoConfig(TrainMixin, DataSourceMixin):
     model: str = opt("", "policy to train: an SFT'd student (R1) or a base model (R1-Zero); folder or Hub id", required=True)
     data: str = opt("", "problems with gold answers: bundled task, JSONL/Parquet/CSV file, folder or Hub id", required=True)
     out: str = opt("", "output directory for the model, checkpoints, steps.jsonl and stats.json", required=True)
@@ -279,16 +275,6 @@ class GrpoConfig(DataSourceMixin):
                                      "one), own, chatml, deepseek-r1, llama3 or a .jinja file; saved with the model")
     prompt_template: str | None = opt(None, "file with a user-turn template containing {problem} (default: R1)")
     think_prefill: str = opt("auto", "start the assistant turn with '<think>\\n': auto|on|off", choices=("auto", "on", "off"))
-    lora: bool = opt(False, "train a LoRA adapter instead of all weights")
-    lora_r: int = opt(16, "LoRA rank")
-    lora_alpha: int = opt(32, "LoRA alpha")
-    lora_dropout: float = opt(0.05, "LoRA dropout")
-    lora_target_modules: list[str] = opt(["all-linear"], "LoRA target modules (comma-separated), or all-linear")
-    merge_lora: bool = opt(True, "with --lora, also save the merged full model in OUT/merged (loadable by vLLM)")
-    seed: int = opt(42, "training and sampling seed")
-    resume: str = opt("auto", "auto: continue from the newest complete checkpoint in --out (refused when the config "
-                              "changed); never: train from the start", choices=("auto", "never"))
-    overwrite: bool = opt(False, "delete --out's checkpoints and model and start over")
     trl: dict[str, Any] = opt({}, "extra TRL GRPOConfig fields, passed through as-is (recipe only)")
 
 

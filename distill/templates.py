@@ -211,3 +211,19 @@ def end_of_turn_token(tokenizer, template: str) -> str:
 
 def _added(tokenizer) -> list[str]:
     return [t.content for t in getattr(tokenizer, "added_tokens_decoder", {}).values()]
+
+
+def adopt_template(tokenizer, choice: TemplateChoice, why_eos: str) -> tuple[str, str]:
+    """Render with `choice` from now on (it is saved with the trained model) and make the template's end-of-turn
+    token the EOS, so the model stops where its turn ends. Returns (end-of-turn token, the note on a changed EOS
+    or "")."""
+    if choice.name != "own":
+        log.warning("chat template: %s", choice.note)
+    tokenizer.chat_template = choice.template
+    eot = end_of_turn_token(tokenizer, choice.template)
+    note = ""
+    if tokenizer.eos_token != eot:
+        note = f"eos {tokenizer.eos_token!r} -> end-of-turn {eot!r}"
+        log.warning("%s: %s", note, why_eos)
+        tokenizer.eos_token = eot
+    return eot, note

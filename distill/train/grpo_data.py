@@ -20,7 +20,7 @@ from distill.data.record import content_id
 from distill.errors import DistillError
 from distill.prompts import generation_prompt, load_template
 from distill.tasks import TASKS
-from distill.templates import TemplateChoice, choose_template, end_of_turn_token, inference_template
+from distill.templates import TemplateChoice, adopt_template, choose_template, inference_template
 
 log = logging.getLogger(__name__)
 
@@ -126,13 +126,7 @@ def prepare_tokenizer(tokenizer, mode: str) -> tuple[TemplateChoice, str]:
     """Set the chat template prompts are rendered with (saved with the trained model, so eval renders the same) and
     make the end-of-turn token the EOS, so rollouts stop where an assistant turn ends. Returns (choice, eot)."""
     choice = template_for(tokenizer, mode)
-    if choice.name != "own":
-        log.warning("chat template: %s", choice.note)
-    tokenizer.chat_template = choice.template
-    eot = end_of_turn_token(tokenizer, choice.template)
-    if tokenizer.eos_token != eot:
-        log.warning("eos %r -> end-of-turn %r: rollouts stop where the assistant turn ends", tokenizer.eos_token, eot)
-        tokenizer.eos_token = eot
+    eot, _ = adopt_template(tokenizer, choice, "rollouts stop where the assistant turn ends")
     return choice, eot
 
 

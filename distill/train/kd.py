@@ -206,7 +206,7 @@ def prepare(cfg: KdConfig) -> dict[str, Any]:
     """Everything before the models: options, the shared-tokenizer check, template, prompts, context, resume key."""
     from distill.data.reader import read_problems
     from distill.models import check_model_dir, fingerprint
-    from distill.templates import choose_template, end_of_turn_token
+    from distill.templates import adopt_template, choose_template
     from distill.train.sft import context_length
 
     check_options(cfg)
@@ -216,13 +216,7 @@ def prepare(cfg: KdConfig) -> dict[str, Any]:
     tokenizer = load_tokenizer(cfg.student, "--student")
     check_tokenizers(tokenizer, load_tokenizer(cfg.teacher, "--teacher"), cfg.student, cfg.teacher)
     choice = choose_template(tokenizer, cfg.chat_template)
-    if choice.name != "own":
-        log.warning("chat template: %s", choice.note)
-    tokenizer.chat_template = choice.template
-    eot = end_of_turn_token(tokenizer, choice.template)
-    if tokenizer.eos_token != eot:
-        log.warning("eos %r -> end-of-turn %r: the student stops where its turn ends", tokenizer.eos_token, eot)
-        tokenizer.eos_token = eot
+    eot, _ = adopt_template(tokenizer, choice, "the student stops where its turn ends")
     if tokenizer.pad_token is None:  # pad is masked everywhere GKD looks, so pad == eos is harmless here
         tokenizer.pad_token = eot
     problems = read_problems(cfg.data, cfg.problem_key, cfg.answer_key, cfg.id_key, cfg.split, cfg.subset,

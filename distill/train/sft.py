@@ -146,7 +146,7 @@ def prepare(cfg: SftConfig) -> dict[str, Any]:
     from distill.data.adapters import check_format
     from distill.train import preflight
     from distill.train.data import load_examples, tokenize
-    from distill.templates import choose_template, end_of_turn_token
+    from distill.templates import adopt_template, choose_template
 
     if cfg.format:
         check_format(cfg.format)
@@ -158,15 +158,7 @@ def prepare(cfg: SftConfig) -> dict[str, Any]:
     except (OSError, ValueError) as e:
         raise DistillError(f"student {cfg.student}: cannot load its tokenizer ({str(e).splitlines()[0]})") from None
     choice = choose_template(tokenizer, cfg.chat_template)
-    if choice.name != "own":
-        log.warning("chat template: %s", choice.note)
-    tokenizer.chat_template = choice.template
-    eot = end_of_turn_token(tokenizer, choice.template)
-    eos_note = ""
-    if tokenizer.eos_token != eot:
-        eos_note = f"eos {tokenizer.eos_token!r} -> end-of-turn {eot!r}"
-        log.warning("%s: the model must learn to emit the token that ends its turn", eos_note)
-        tokenizer.eos_token = eot
+    eot, eos_note = adopt_template(tokenizer, choice, "the model must learn to emit the token that ends its turn")
     pad_note, added = fix_pad(tokenizer, eot)
     ctx = context_length(student)
     examples = load_examples(cfg.data, cfg.split, cfg.subset, cfg.revision, cfg.format, cfg.problem_key,
