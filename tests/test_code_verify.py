@@ -22,10 +22,11 @@ from distill.data.code_tests import (from_apps, from_humaneval, from_livecodeben
 from distill.data.record import Record
 from distill.errors import DistillError
 from distill.verify import Verdict, make_verifier, rewards
+from distill.verify import calibrate
 from distill.verify import code as vc
 from distill.verify import sandbox_host
 from distill.verify.code import CodeVerifier, extract_code, verify_code
-from distill.verify.sandbox import Limits
+from distill.verify.sandbox import Limits, sandbox_info
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox is Linux-only")
 
@@ -133,11 +134,97 @@ def test_sandbox_error_when_our_side_fails(monkeypatch):
     assert (v.correct, v.reason) == (False, "sandbox_error")
 
 
+def busy_for(cpu_s: float) -> str:
+    """A correct stdin program that needs `cpu_s` CPU seconds (whatever the CPU's speed) and prints done."""
+    return f"import time\nt = time.process_time()\nwhile time.process_time() - t < {cpu_s}:\n    pass\nprint('done')"
+
+
+DONE = json.dumps({"type": "stdin", "cases": [{"input": "", "output": "done"}], "timeout_s": 1})
+
+
 def test_spec_timeout_overrides_the_limits():
     spec = json.dumps({"type": "stdin", "cases": [{"input": "", "output": "done"}], "timeout_s": 0.5})
-    busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 1.5:\n    pass\nprint('done')"
-    v = verify_code(block(busy), spec, Limits(timeout_s=10))
+    v = verify_code(block(busy_for(1.5)), spec, Limits(timeout_s=10, speed_factor=1.0))
     assert v.reason == "timeout"
+    assert verify_code(block(busy_for(1.5)), spec.replace("0.5", "3"), Limits(timeout_s=0.5, speed_factor=1.0)).correct
+
+
+# --- limits that scale with the machine ------------------------------------------------------------
+
+
+def test_a_correct_slow_program_passes_when_the_machine_is_slower(monkeypatch):
+    # A program that needs 1.5 CPU s against a 1 s limit is what a correct answer looks like on a CPU slower than
+    # the reference machine. The speed factor stretches the limit: doubled, the program passes, and an infinite
+    # loop still times out, with the limit in force in its detail.
+    monkeypatch.setenv(calibrate.ENV, "1")
+    v = verify_code(block(busy_for(1.5)), DONE)
+    assert (v.correct, v.reason) == (False, "timeout") and "hit the CPU time limit (1 s)" in v.detail
+    monkeypatch.setenv(calibrate.ENV, "2")
+    assert verify_code(block(busy_for(1.5)), DONE).correct
+    with CodeVerifier(workers=1) as verifier:  # the path filter, eval and grpo take
+        slow, loop = list(verifier.grade_many([(block(busy_for(1.5)), DONE), (block("while True:\n    pass"), DONE)]))
+    assert slow.correct
+    assert (loop.correct, loop.reason) == (False, "timeout")
+    assert "hit the CPU time limit (2 s = 1 s x speed factor 2)" in loop.detail
+    assert sandbox_info()["calibration"]["factor"] == 2.0
+
+
+def test_the_calibration_is_measured_once_cached_and_never_below_one(monkeypatch, tmp_path):
+    monkeypatch.delenv(calibrate.ENV, raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calls = []
+
+    def slow_machine():
+        calls.append(1)
+        return 2.5 * calibrate.REFERENCE_S
+
+    monkeypatch.setattr(calibrate, "measure", slow_machine)
+    monkeypatch.setattr(calibrate, "_cached", None)
+    info = calibrate.calibration()
+    assert info["factor"] == 2.5 and info["source"].startswith("measured") and calls == [1]
+    cache = tmp_path / "distill" / "sandbox" / "calibration.json"
+    assert list(json.loads(cache.read_text()).values())[0]["measured_s"] == 2.5 * calibrate.REFERENCE_S
+    monkeypatch.setattr(calibrate, "_cached", None)  # a new process: read from the cache, not measured again
+    assert calibrate.calibration()["source"].startswith("cached") and calls == [1]
+    assert Limits(timeout_s=4, total_timeout_s=60).in_force() == Limits(10.0, total_timeout_s=150.0,
+                                                                        speed_factor=2.5)
+    monkeypatch.setattr(calibrate, "measure", lambda: calibrate.REFERENCE_S / 3)  # a faster machine
+    monkeypatch.setattr(calibrate, "_cached", None)
+    cache.unlink()
+    assert calibrate.speed_factor() == 1.0  # limits are never tighter than on the reference machine
+
+
+def test_the_real_measurement_runs_the_sandbox_interpreter():
+    # CPU seconds on a VM vary with the host's load (1.7x seen between two runs here), so nothing asserts closeness
+    # to the reference: the factor is a floor-at-1 stretch, and bundled limits leave a 3x margin on top of it.
+    assert 0.01 < calibrate.measure() < 30
+
+
+@pytest.mark.parametrize("raw", ["0.5", "fast", "nan", "inf"])
+def test_a_bad_speed_factor_is_one_line(monkeypatch, raw):
+    monkeypatch.setenv(calibrate.ENV, raw)
+    with pytest.raises(DistillError, match="DISTILL_SANDBOX_SPEED_FACTOR=.*>= 1"):
+        calibrate.speed_factor()
+    with pytest.raises(DistillError, match="speed_factor"):
+        Limits(speed_factor=0.5)
+
+
+def test_bundled_limits_leave_three_times_each_canonical_solutions_cost():
+    costs = json.loads((TASKS / "code_costs.json").read_text())
+    for name in ("humaneval", "mbpp"):
+        for r in load_code_task(name):
+            limit = parse_spec(r["answer"]).timeout_s or Limits().timeout_s
+            assert limit >= 3 * costs[name][r["id"]], (name, r["id"])
+    (slow,) = [r for r in load_code_task("mbpp") if r["id"] == "123"]  # 3.2 s: timed out at 4 s on a slow CPU
+    assert parse_spec(slow["answer"]).timeout_s == 10
+
+
+@pytest.mark.slow
+def test_mbpp_123_canonical_passes_on_a_cpu_twice_as_slow(monkeypatch):
+    # Its canonical solution takes ~3 CPU s here; on a machine twice as slow it needs ~6 s of its 10 s x 2 limit.
+    monkeypatch.setenv(calibrate.ENV, "2")
+    (r,) = [r for r in load_code_task("mbpp") if r["id"] == "123"]
+    assert verify_code(block(r["solution"]), r["answer"]).correct
 
 
 def test_one_process_per_problem_not_per_case(monkeypatch):

@@ -95,7 +95,7 @@ def _run_case(job: dict, case: dict, deadline: float) -> dict:
         os._exit(70)
     for fd in (stdin_fd, out_w, err_w, res_w):
         os.close(fd)
-    wall = min(2 * lim["timeout_s"] + 1, max(0.0, deadline - start))
+    wall = min(lim["case_wall_s"], max(0.0, deadline - start))
     out, err, res = bytearray(), bytearray(), bytearray()
     out_cap, err_keep = lim["output_bytes"], 4096
     killed = ""
@@ -154,6 +154,7 @@ def _run_case(job: dict, case: dict, deadline: float) -> dict:
     result = {"stdout": out.decode("utf-8", "replace"), "stderr": bytes(err[-err_keep:]).decode("utf-8", "replace"),
               "time_s": round(elapsed, 4)}
     cpu_used = usage.ru_utime + usage.ru_stime
+    result["cpu_s"] = round(cpu_used, 4)
     message = None
     for line in bytes(res).decode("utf-8", "replace").splitlines():
         parts = line.split(" ", 2)
@@ -163,14 +164,14 @@ def _run_case(job: dict, case: dict, deadline: float) -> dict:
     if killed == "output_limit":
         return result | {"status": "output_limit", "detail": f"printed more than {out_cap} bytes"}
     if killed == "timeout":
-        return result | {"status": "timeout", "detail": f"ran past the {wall:.1f} s wall clock"}
+        return result | {"status": "timeout", "detail": f"ran past the {wall:.1f} s wall clock "
+                                                        f"(CPU limit {lim['cpu_in_force']})"}
     if message is not None and os.WIFEXITED(status):
         return result | {"status": message["status"], "detail": message.get("detail", "")}
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_used >= math.ceil(lim["timeout_s"]) - 0.05):
-            limit = math.ceil(lim["timeout_s"])
-            return result | {"status": "timeout", "detail": f"hit the CPU time limit ({limit} s)"}
+            return result | {"status": "timeout", "detail": f"hit the CPU time limit ({lim['cpu_in_force']})"}
         if sig == signal.SIGKILL:  # not ours, not the CPU limit: the kernel's OOM killer
             return result | {"status": "memory", "detail": "killed (out of memory)"}
         return result | {"status": "runtime_error", "detail": f"killed by {_signal_name(sig)}"}

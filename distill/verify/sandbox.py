@@ -24,16 +24,18 @@ side is sandbox_host.py):
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import sys
 import tempfile
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from distill.errors import DistillError
 from distill.verify._sandbox_child import _readable_by_others
+from distill.verify.calibrate import calibration, speed_factor
 from distill.verify.sandbox_host import (_NS_WORKDIR, UID_BASE, UID_COUNT, _child_sys_path, _hidden_roots, _launch,
                                          _Outcome, _sweep_uid, _UidLease)
 
@@ -54,13 +56,16 @@ _GRACE_S = 10.0
 class Limits:
     """Resource limits of one sandboxed run; every test case gets them afresh."""
 
-    timeout_s: float = 4.0  # CPU seconds per test case; its wall clock allows 2x + 1 s (a loaded machine)
+    timeout_s: float = 4.0  # CPU seconds per test case on the reference machine (x the speed factor here)
     memory_mb: int = 1024  # address space of each process (RLIMIT_AS and RLIMIT_DATA)
     output_bytes: int = 1 << 20  # stdout kept per case; printing more ends the case as output_limit
     file_bytes: int = 16 << 20  # largest file a case may write (RLIMIT_FSIZE); /tmp holds 4x this
     open_files: int = 64  # RLIMIT_NOFILE
     processes: int = 16  # RLIMIT_NPROC of the sandbox uid (threads count); only binds when we can drop root
-    total_timeout_s: float = 60.0  # wall clock for all the cases of one problem; later cases count as timeouts
+    total_timeout_s: float = 60.0  # wall clock for all the cases of one problem (x the speed factor)
+    # How many times slower than the reference machine this one runs Python (verify/calibrate.py); None: measure
+    # it (or read $DISTILL_SANDBOX_SPEED_FACTOR). run_cases multiplies timeout_s and total_timeout_s by it.
+    speed_factor: float | None = None
 
     def __post_init__(self):
         checks = {
@@ -68,17 +73,34 @@ class Limits:
             "output_bytes": self.output_bytes >= 1024, "file_bytes": self.file_bytes >= 0,
             "open_files": self.open_files >= 16, "processes": self.processes >= 1,
             "total_timeout_s": self.total_timeout_s > 0,
+            "speed_factor": self.speed_factor is None or self.speed_factor >= 1,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
-            minimum = {"memory_mb": 64, "output_bytes": 1024, "open_files": 16, "processes": 1}
+            minimum = {"memory_mb": 64, "output_bytes": 1024, "open_files": 16, "processes": 1, "speed_factor": 1}
             raise DistillError("sandbox limits: " + ", ".join(
                 f"{k}={getattr(self, k)!r} must be {'>= ' + str(minimum[k]) if k in minimum else '> 0'}"
                 for k in bad))
 
     @property
     def case_wall_s(self) -> float:
-        return 2 * self.timeout_s + 1
+        """Wall clock a case may take: 3x its CPU limit + 1 s, so that a machine busy with other work (which
+        halves a case's share of a core, or worse) does not turn a correct program into a timeout."""
+        return 3 * max(1, math.ceil(self.timeout_s)) + 1
+
+    def in_force(self) -> Limits:
+        """These limits on this machine: the CPU and total limits stretched by the speed factor."""
+        factor = self.speed_factor if self.speed_factor is not None else speed_factor()
+        return replace(self, timeout_s=round(self.timeout_s * factor, 3),
+                       total_timeout_s=round(self.total_timeout_s * factor, 3), speed_factor=factor)
+
+    def describe_cpu(self) -> str:
+        """'9 s' or '9 s = 4 s x speed factor 2.3': the CPU limit in force and why (for verdict details)."""
+        cpu = max(1, math.ceil(self.timeout_s))
+        factor = self.speed_factor or 1.0
+        if factor == 1.0:
+            return f"{cpu} s"
+        return f"{cpu} s = {self.timeout_s / factor:g} s x speed factor {factor:g}"
 
 
 @dataclass(frozen=True)
@@ -97,6 +119,7 @@ class CaseResult:
     stderr: str  # the last 4 KiB
     detail: str  # one line: the exception, the signal, the limit that was hit
     time_s: float  # wall clock of the case process
+    cpu_s: float = 0.0  # CPU seconds of the case process and its children
 
 
 # --- isolation probe ------------------------------------------------------------------------------
@@ -116,7 +139,7 @@ def _probe_namespaces() -> dict:
     if not _is_root():
         return {"ok": False, "why": "not root (network and mount namespaces need CAP_SYS_ADMIN)"}
     with _UidLease() as uid:
-        job = _job("pass", [], Limits(), "namespaces", uid) | {"probe": True}
+        job = _job("pass", [], Limits(speed_factor=1.0), "namespaces", uid) | {"probe": True}
         out = _launch(job, 30.0, 1 << 20)
         _sweep_uid(uid)
     setup = next((e for e in out.events if e.get("event") == "setup"), None)
@@ -162,6 +185,7 @@ def sandbox_info(isolation: str = "auto") -> dict:
         "environment": "scrubbed (PATH, LANG, HOME, TMPDIR and thread counts only)",
         "limits": "per case: RLIMIT_CPU, RLIMIT_AS, RLIMIT_DATA, RLIMIT_FSIZE, RLIMIT_NOFILE, RLIMIT_CORE=0, "
                   "wall clock, stdout cap" + (", RLIMIT_NPROC" if root else " (RLIMIT_NPROC inactive: not root)"),
+        "calibration": calibration(),
         "uid": f"unprivileged uid/gid leased from {UID_BASE}..{UID_BASE + UID_COUNT - 1}" if root
                else f"the caller's own uid {os.getuid()} (not root: cannot drop privileges)",
     }
@@ -198,7 +222,7 @@ def _job(program: str, cases: Sequence[Case], limits: Limits, mode: str, uid: in
     return {
         "program": program,
         "cases": [{"stdin": c.stdin, "then": c.then} for c in cases],
-        "limits": asdict(limits),
+        "limits": asdict(limits) | {"case_wall_s": limits.case_wall_s, "cpu_in_force": limits.describe_cpu()},
         "isolation": mode,
         "uid": uid, "gid": uid,
         "sys_path": sys_path,
@@ -215,6 +239,7 @@ def run_cases(program: str, cases: Sequence[Case], limits: Limits = Limits(),
     if not cases:
         return []
     mode = _resolve(isolation)
+    limits = limits.in_force()
     lease = _UidLease() if _is_root() else None
     host_dir = None
     try:
@@ -242,7 +267,8 @@ def _results(out: _Outcome, n: int, limits: Limits) -> list[CaseResult]:
         if e.get("event") == "case" and isinstance(e.get("i"), int) and 0 <= e["i"] < n:
             status = e.get("status") if e.get("status") in STATUSES else "sandbox_error"
             by_index[e["i"]] = CaseResult(status, str(e.get("stdout", "")), str(e.get("stderr", "")),
-                                          str(e.get("detail", "")), float(e.get("time_s", 0.0)))
+                                          str(e.get("detail", "")), float(e.get("time_s", 0.0)),
+                                          float(e.get("cpu_s", 0.0)))
     if len(by_index) < n:
         errors = [str(e.get("detail", "")) for e in out.events if e.get("event") == "error"]
         if out.killed == "deadline":
