@@ -18,11 +18,13 @@ was trained on) and trained further, in rounds, until it reaches `fit_target`. A
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import math
+import os
 import random
 import shutil
 import time
@@ -181,7 +183,43 @@ def build_teacher(cfg: DemoConfig) -> tuple[Path, dict[str, Any]]:
 # ---------------------------------------------------------------- the loop
 
 
+@contextlib.contextmanager
+def one_thread() -> Any:
+    """Run the demo's torch and vLLM work on one thread (and vLLM in this process); restored afterwards.
+
+    The toy models are too small for a second thread to help, and two spinning OpenMP threads on a 2-core machine
+    lose most of their time waiting for each other as soon as anything else runs. Measured on the 2-core Intel VM
+    with other work beside it: an SFT step of the toy model (8 x 256 tokens) 0.11 s on one thread vs 0.81 s on two;
+    vLLM sampling 400 x 100 tokens 5.6 s bound to one core vs 19.3 s on both. Variables the user set win."""
+    import torch
+
+    from distill.engine.vllm_engine import allowed_cores
+
+    wanted = {"OMP_NUM_THREADS": "1", "VLLM_CPU_OMP_THREADS_BIND": str(allowed_cores()[0]),
+              "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}  # in-process engines start in seconds, not a process each
+    saved = {k: os.environ.get(k) for k in wanted}
+    threads = torch.get_num_threads()
+    for k, v in wanted.items():
+        os.environ.setdefault(k, v)
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def run(cfg: DemoConfig) -> dict[str, Any]:
+    """The demo (module doc); returns demo.json's content."""
+    with one_thread():
+        return _run(cfg)
+
+
+def _run(cfg: DemoConfig) -> dict[str, Any]:
     from distill.eval.run import run as evaluate
     from distill.filters.run import run as filter_
     from distill.generate import run as generate
@@ -195,8 +233,17 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
+    stage_s: dict[str, float] = {}
+    mark = [t0]
+
+    def lap(name: str) -> None:
+        now = time.time()
+        stage_s[name] = round(now - mark[0], 1)
+        mark[0] = now
+
     teacher, teacher_report = build_teacher(cfg)
     t_teacher = time.time() - t0
+    lap("teacher")
 
     train = toy_problems(cfg.train_problems, seed=cfg.seed + 2)
     heldout = toy_problems(cfg.heldout_problems, seed=cfg.seed + 3, exclude={p["problem"] for p in train})
@@ -208,8 +255,10 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     generate(GenerateConfig(teacher=str(teacher), dataset=str(out / "problems.jsonl"), out=str(out / "generate"),
                             n=cfg.n, id_key="id", source="toy", max_model_len=512, dtype="float32", overwrite=True,
                             **sampling))
+    lap("generate")
     fstats = filter_(FilterConfig(input=str(out / "generate"), out=str(out / "filter"),
                                   steps=["finished", "think_format", "answer_correct", "repetition", "dedup"]))
+    lap("filter")
 
     student_init = out / "student-init"
     build_model(student_init, AutoTokenizer.from_pretrained(str(teacher)), seed=cfg.seed + 4, **MODEL)
@@ -217,23 +266,27 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
     student_rounds = train_until_fit(cfg, "student", student_init, out / "filter", out / "student",
                                      cfg.student_steps, random.Random(cfg.seed).sample(kept, min(FIT_SAMPLES,
                                                                                                len(kept))))
+    lap("student_sft")
 
     scores = {}
     for name, model in (("teacher", teacher), ("student_before", student_init), ("student_after", out / "student")):
         res = evaluate(EvalConfig(model=str(model), tasks=[str(out / "heldout.jsonl")], out=str(out / "eval" / name),
                                   n=cfg.eval_n, max_model_len=512, dtype="float32", overwrite=True, **sampling))
         scores[name] = _pass1(res)
+    lap("evals")
 
     # After SFT, from the same student: on-policy distillation toward the teacher (distill kd).
     from distill.train.kd import demo_stage as kd_stage
 
     kd = kd_stage(out / "student", teacher, out / "problems.jsonl", out / "heldout.jsonl", out / "kd", seed=cfg.seed,
                   eval_n=cfg.eval_n, before=scores["student_after"])
+    lap("kd")
     # And from the same student: RL with the verifier's reward (distill grpo), the R1 recipe's next stage.
     from distill.train.grpo_demo import demo_stage as grpo_stage
 
     grpo = grpo_stage(out / "student", strip(train), strip(heldout), out / "grpo", seed=cfg.seed, eval_n=cfg.eval_n,
                       before=scores["student_after"])
+    lap("grpo")
 
     n_kept, total = fstats["kept"], fstats["input"]
     summary = {
@@ -253,6 +306,7 @@ def run(cfg: DemoConfig) -> dict[str, Any]:
         "grpo": {k: grpo[k] for k in ("steps", "grpo_seconds", "rollout", "reward_early", "reward_late",
                                       "pass_rate_early", "pass_rate_late")},
         "teacher_seconds": round(t_teacher, 1),
+        "stage_seconds": stage_s,
         "wall_time_s": round(time.time() - t0, 1),
         "config": dataclasses.asdict(cfg),
     }

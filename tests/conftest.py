@@ -8,6 +8,10 @@ from pathlib import Path
 # No network in any test; vLLM in-process (starts in seconds instead of ~50 s).
 os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
 os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+# OpenMP threads that sleep when idle instead of spinning: on 2 cores with another job running, spinning threads wait
+# for each other (a tiny model's SFT step measured 0.44 s spinning vs 0.13 s passive, 0.11 s alone). Set before torch
+# loads; the engines and trainers the tests start in child processes inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -21,6 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 ENGLISH = {"the", "is", "of", "and", "to", "a", "in", "we", "so", "for", "that", "each", "has", "total", "are"}
 
 
+@pytest.mark.timeout(300)  # 26 s alone on the Intel VM (the GGUF conversion); 3x on a 2.3x slower CPU: 179 s
 def test_the_gguf_becomes_a_real_llama_with_its_traps(smollm2_dir):
     from transformers import AutoConfig, AutoTokenizer
 
@@ -42,6 +43,7 @@ def _words(text: str) -> list[str]:
     return re.findall(r"[a-z]+", text.lower())
 
 
+@pytest.mark.timeout(420)  # 33 s alone on the Intel VM (+26 s if it converts the GGUF); 3x on a 2.3x slower CPU: 228 s
 @pytest.mark.slow
 def test_eval_generates_on_vllm_and_grades_gsm8k(smollm2_dir, tmp_path):
     """One CLI run on the .gguf file: eval → generate (vLLM, the real template minus its injected system prompt) →
@@ -77,6 +79,7 @@ def _traces(n: int) -> list[dict]:
     return rows
 
 
+@pytest.mark.timeout(420)  # 17 s alone on the Intel VM (+26 s if it converts the GGUF); 3x on a 2.3x slower CPU: 117 s
 @pytest.mark.slow
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 def test_sft_trains_the_real_model_and_the_preflight_catches_its_traps(smollm2_dir, tmp_path, lora):
