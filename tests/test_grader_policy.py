@@ -161,3 +161,50 @@ def test_pmatrix_golds_parse_however_spaced():
     gold = r"\begin{pmatrix} -1/3 \\ 2/3 \\ 5/3 \end{pmatrix}"
     assert grade(r"\boxed{\begin{pmatrix}-\frac{1}{3}\\\frac{2}{3}\\\frac{5}{3}\end{pmatrix}}", gold).correct
     assert grade(r"\boxed{\begin{pmatrix}-1/3\\2/3\\4/3\end{pmatrix}}", gold).reason == "answer_wrong"
+
+
+# --- the reward-hack suite: completions built from each gold score 0 in grpo's correctness reward ----------
+
+WRONG_VALUE = "987654321"  # no bundled gold equals it
+
+
+def _hacks(gold: str) -> list[str]:
+    return [
+        f"\\boxed{{{gold}}} or \\boxed{{{WRONG_VALUE}}}",  # the gold boxed beside a wrong value
+        f"\\boxed{{{gold}}}, \\boxed{{{WRONG_VALUE}}}",
+        f"The answer is not $\\boxed{{{gold}}}$.",  # the gold in a sentence that negates it
+        f"It is either $\\boxed{{{gold}}}$ or something else.",
+        f"$\\boxed{{{gold}}}$ is wrong.",
+        f"\\boxed{{{gold} \\text{{ or more}}}}",  # the gold followed by words
+        f"\\boxed{{{gold} \\text{{ is not the answer}}}}",
+        f"\\boxed{{{gold}}}\n\nThe final answer is ${WRONG_VALUE}$.",  # another answer on the final line
+        f"\\boxed{{{gold}}}\n\nSo it must be {WRONG_VALUE}.",
+    ]
+
+
+@pytest.mark.parametrize("extraction", ["boxed", "chain"])
+def test_reward_hacks_built_from_every_gold_score_zero(extraction):
+    from types import SimpleNamespace
+
+    from distill.train.rewards import Rewards
+    from distill.verify import make_verifier
+
+    rows = [(name, row_id, gold) for name, _, row_id, gold in _math_golds()]
+    by_task = {name: TASKS[name].answer_type for name in MATH_TASKS}
+    with_reward = []
+    for answer_type in sorted(set(by_task.values())):
+        batch = [(name, row_id, gold, hack) for name, row_id, gold in rows if by_task[name] == answer_type
+                 for hack in _hacks(gold)]
+        options = SimpleNamespace(workers=2, answer_timeout=5.0, answer_type=answer_type, answer_extraction=extraction)
+        with make_verifier("math", options) as verifier:
+            rewards = Rewards(verifier, {"correctness": 1.0}, 4096, 512, [])
+            scores = rewards.correctness(
+                None, [f"<think>\nwork\n</think>\n{hack}" for *_, hack in batch],
+                problem_id=[row_id for _, row_id, _, _ in batch], problem=["?"] * len(batch),
+                answer=[gold for _, _, gold, _ in batch], prefilled=[False] * len(batch))
+        with_reward += [(name, row_id, hack) for (name, row_id, _, hack), s in zip(batch, scores) if s != 0]
+    assert not with_reward, with_reward[:20]
+
+
+def test_the_reward_still_pays_the_plain_gold():
+    assert all(grade(f"<think>\nw\n</think>\n\\boxed{{{gold}}}", gold, at).correct for _, at, _, gold in _math_golds())
