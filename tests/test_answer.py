@@ -23,6 +23,7 @@ from distill.verify import math_pool
 from distill.verify.math import GRADER_VERSION, REASONS, extract, grade
 from distill.verify.math_extract import extract_answer
 from distill.verify.math_pool import MathGrader as Grader
+from distill.verify.math_rules import REASONS as POLICY_REASONS
 
 
 @pytest.mark.parametrize(
@@ -148,14 +149,18 @@ MUST_FAIL = [
 ]
 
 
+# "Wrong": answer_wrong or the policy rule that rejected it (math_rules.POLICY), never a failure to decide.
+WRONG = ("answer_wrong", *POLICY_REASONS)
+
+
 @pytest.mark.parametrize("extraction", [B, C])
 @pytest.mark.parametrize("completion,gold", MUST_FAIL)
 def test_must_fail(completion, gold, extraction):
     for answer_type in ("auto", "integer", "number", "expression"):
         verdict = grade(completion, gold, answer_type, extraction)
         assert not verdict.correct, (answer_type, verdict)
-        assert verdict.reason in ("answer_wrong", "gold_unparseable"), (answer_type, verdict)
-    assert grade(completion, gold, "auto", extraction).reason == "answer_wrong"
+        assert verdict.reason in ("gold_unparseable", *WRONG), (answer_type, verdict)
+    assert grade(completion, gold, "auto", extraction).reason in WRONG
 
 
 TRICKY = [
@@ -185,7 +190,7 @@ TRICKY = [
     ("\\boxed{12}", "1.2", "number", False, "answer_wrong"),
     ("\\boxed{0.5}", "50", "auto", False, "answer_wrong"),
     ("\\boxed{1.0000001}", "1", "integer", False, "answer_wrong"),
-    ("\\boxed{1.0000001}", "1", "number", False, "answer_wrong"),
+    ("\\boxed{1.0000001}", "1", "number", False, "answer_approximate"),
     ("\\boxed{5 \\text{ and } 7}", "5", "auto", False, "answer_wrong"),
     ("\\boxed{3.14}", "\\pi", "auto", False, "answer_wrong"),
     # Equations as equations, inequalities as relations; a left side goes only when it is one symbol or f(x):
@@ -212,7 +217,7 @@ TRICKY = [
     ("\\boxed{1}, \\boxed{2}", "\\boxed{2}, \\boxed{1}", "auto", True, ""),
     ("\\boxed{4}", "\\boxed{4}", "integer", True, ""),
     ("First \\boxed{3}.\n\nThe answer is \\boxed{7}.", "7", "integer", True, ""),  # last-box rule
-    ("\\boxed{3} and \\boxed{7}", "7", "integer", False, "answer_wrong"),
+    ("\\boxed{3} and \\boxed{7}", "7", "integer", False, "answer_multiple"),
     # Numbers as people write them:
     ("\\boxed{1,000}", "1000", "number", True, ""),
     ("\\boxed{1{,}000}", "1000", "number", True, ""),
@@ -247,7 +252,7 @@ TRICKY = [
     ("\\boxed{\\frac{e^{2x}-1}{e^{2x}+1}}", "\\tanh x", "auto", True, ""),  # equal through an identity
     ("\\boxed{\\frac{e^x - e^{-x}}{2}}", "\\sinh(x)", "expression", True, ""),
     ("\\boxed{\\cosh^2 x}", "1 + \\sinh^2 x", "auto", True, ""),
-    ("\\boxed{1,2}", "12", "number", False, "answer_wrong"),  # not a thousands grouping
+    ("\\boxed{1,2}", "12", "number", False, "answer_multiple"),  # not a thousands grouping
     # Fail closed:
     ("I think it is 4", "4", "auto", False, "no_answer"),
     ("\\boxed{4}", "4:30p..", "expression", False, "gold_unparseable"),
@@ -340,7 +345,9 @@ def test_unknown_answer_type_or_extraction_is_a_user_error():
 
 
 def test_reasons_and_version():
-    assert set(REASONS) == {"answer_wrong", "no_answer", "gold_unparseable", "answer_timeout", "answer_error"}
+    assert set(REASONS) == {"answer_wrong", "no_answer", "gold_unparseable", "answer_timeout", "answer_error",
+                            "answer_hedged", "answer_extra_text", "answer_unit_mismatch", "answer_lhs_mismatch",
+                            "answer_multiple", "answer_approximate", "answer_form_mismatch", "answer_conflict"}
     assert re.fullmatch(r"distill-answer/\d+ math-verify==\S+", GRADER_VERSION)
 
 

@@ -11,6 +11,7 @@ import re
 from distill import prompts
 from distill.errors import DistillError
 from distill.verify.math_forms import as_number, normalize
+from distill.verify.math_rules import POLICY, hedged
 
 # boxed: only a \boxed{} answer counts (filter: its kept traces teach the format);
 # chain: boxed → an explicit "final answer is / answer:" phrase → the last math span or number of the
@@ -46,7 +47,8 @@ _MATH_WORDS = {"sqrt", "pi", "sin", "cos", "tan", "cot", "sec", "csc", "log", "l
 
 
 def extract(completion: str, extraction: str = "boxed") -> tuple[str | None, str]:
-    """(the model's final answer or None, the rule that found it) from the answer part (see `answer_part`).
+    """(the model's final answer or None, the rule that found it) from the answer part (see `answer_part`);
+    `extract_checked` also says whether the text around it commits to it.
 
     1. Boxes: the content of the last `\\boxed{...}` / `\\fbox{...}` (balanced braces; `\\boxed 5` too). When
        the final answer (the last box's paragraph, plus boxes joined to it by "and" / "," only) holds several
@@ -60,23 +62,38 @@ def extract(completion: str, extraction: str = "boxed") -> tuple[str | None, str
        last "#### X" (GSM8K), else the last line "A: X" ("phrase"); X is the math span or number the
        sentence names. Else the last math span or number of the final line ("last_math").
     """
+    answer, rule, _ = extract_checked(completion, extraction)
+    return answer, rule
+
+
+def extract_checked(completion: str, extraction: str = "boxed") -> tuple[str | None, str, str]:
+    """(answer, rule, reason): `extract`'s answer and rule, and "" or the reason the text around the answer
+    takes it back (math_rules.POLICY): a hedge or negation in the sentence that names it ("The answer is not 42",
+    "is $5$ or $6$", "approximately \\boxed{3}", "\\boxed{5} or more"), or a different answer on the final line
+    after the box."""
     text = prompts.answer_part(completion)
     boxed, end = final_boxes(text)
     if boxed is not None:
         answer, rule = boxed
         if answer is None:
-            return None, "none"
+            return None, "none", ""
         later = _phrase(text, end)
-        if later is not None and not _same_answer(later, answer):
-            return (later, "phrase") if extraction == "chain" else (None, "none")
-        return answer, rule
+        if later is not None and not _same_answer(later[0], answer):
+            return (later[0], "phrase", later[1]) if extraction == "chain" else (None, "none", "")
+        reason = POLICY["hedge"].reason if _box_hedged(text, end) else ""
+        if not reason and later is None and _conflict(text, end, answer):
+            reason = POLICY["conflict"].reason
+        return answer, rule, reason
     if extraction == "boxed":
-        return None, "none"
-    answer = _phrase(text, 0)
-    if answer is not None:
-        return answer, "phrase"
+        return None, "none", ""
+    later = _phrase(text, 0)
+    if later is not None:
+        return later[0], "phrase", later[1]
     answer = _last_math(text)
-    return (answer, "last_math") if answer is not None else (None, "none")
+    if answer is None:
+        return None, "none", ""
+    final_line = text.rstrip()[text.rstrip().rfind("\n") + 1:]
+    return answer, "last_math", POLICY["hedge"].reason if hedged(_prose(final_line)) else ""
 
 
 def _same_answer(a: str, b: str) -> bool:
@@ -123,35 +140,84 @@ def final_boxes(text: str) -> tuple[tuple[str | None, str] | None, int]:
     return (", ".join(distinct.values()), "boxes"), end
 
 
-def _phrase(text: str, start: int) -> str | None:
-    """The answer an explicit final-answer phrase after `start` names, or None."""
+def _phrase(text: str, start: int) -> tuple[str, str] | None:
+    """(the answer an explicit final-answer phrase after `start` names, "" or answer_hedged when the sentence does
+    not commit to it), or None."""
     for pattern in _PHRASES:
         for m in reversed(list(pattern.finditer(text, start))):
             line_end = text.find("\n", m.end())
-            value = _named_answer(text[m.end():line_end if line_end >= 0 else len(text)])
-            if value is not None:
-                return value
+            named = _named_answer(text[m.end():line_end if line_end >= 0 else len(text)])
+            if named is not None:
+                return named
     return None
 
 
-def _named_answer(tail: str) -> str | None:
+def _named_answer(tail: str) -> tuple[str, str] | None:
     """The answer a phrase's tail names: its leading math span, the whole clause when it is math
-    ("x = 2", "18"), else the last math span or number in it ("The largest $n$ is 34" gives "34")."""
+    ("x = 2", "18"), else the last math span or number in it ("The largest $n$ is 34" gives "34"); and whether
+    the clause hedges ("not 42", "$5$ or $6$", "between 3 and 5")."""
     tail = tail.strip().strip("*_").strip()
+    # The rest of the sentence: up to ". " (not "3.5"), then without a trailing full stop.
+    clause = re.split(r"\.(?:\s|$)", tail, maxsplit=1)[0]
+    clause = clause.strip().strip("*_").strip().rstrip(".").strip()
+    reason = POLICY["hedge"].reason if hedged(_prose(clause)) else ""
     for left, right in _MATH_DELIMS:
         if tail.startswith(left):
             end = tail.find(right, len(left))
             if end > len(left):
-                return tail[len(left):end].strip() or None
+                value = tail[len(left):end].strip()
+                return (value, reason) if value else None
             break
-    # The rest of the sentence: up to ". " (not "3.5"), then without a trailing full stop.
-    clause = re.split(r"\.(?:\s|$)", tail, maxsplit=1)[0]
-    clause = clause.strip().strip("*_").strip().rstrip(".").strip()
     if not clause:
         return None
     if _is_math(clause):
-        return clause
-    return _last_item(clause, 0)
+        return clause, reason
+    value = _last_item(clause, 0)
+    return (value, reason) if value is not None else None
+
+
+def _prose(text: str) -> str:
+    """`text` without its math spans: the words a hedge is looked for in."""
+    return _MATH_SPAN.sub(" ", text)
+
+
+# Right before a box: a negation or hedge ("is not", "approximately", "at least") or a relation other than "=".
+_BEFORE_HEDGE = re.compile(r"(?:\\neq?|\\approx|\\sim|\\[lg]eq?|[<>≠≈])\s*$")
+_AFTER_HEDGE = re.compile(r"(?i)[\s,;(]*(?:or|nor|not|isn't|is\s+(?:not|wrong|incorrect|false|probably|possibly)|"
+                          r"at\s+(?:least|most)|maybe|perhaps|probably|possibly)\b")
+# Right before it, a negation or a disjunction ("is not", "either", "maybe"); not "at least" or "up to", which
+# restate the question ("must score at least $\\boxed{9}$ points", "add up to $\\boxed{5}$ hours").
+_BEFORE_WORDS = re.compile(r"(?i)(?:\bnot|n't|\bor|\beither|\bnor|\bmaybe|\bperhaps|\bprobably|\bpossibly)"
+                           r"(?:\s+(?:be|equal|equals|to|exactly|the|answer|is|:))*[\s:,]*$")
+_SENTENCE_END = re.compile(r"[.!?](?:\s|$)|\n")
+
+
+def _box_hedged(text: str, end: int) -> bool:
+    """The sentence around the last box takes it back: a hedge in the three words before it or anywhere after it
+    in its sentence ("\\boxed{5} or more", "\\boxed{6} is wrong")."""
+    start = prompts.boxes(text)[-1][0]
+    before = re.sub(r"(?:\$|\\[(\[]|\s)+$", "", text[max(0, start - 200):start])
+    if _BEFORE_HEDGE.search(before):
+        return True
+    if _BEFORE_WORDS.search(_prose(re.split(r"[.!?](?:\s)|\n", before)[-1])):
+        return True
+    # After it, only the words right after the box: "\\boxed{20}$ hours more than James" describes the quantity.
+    after = text[end:]
+    stop = _SENTENCE_END.search(after)
+    after = re.sub(r"^(?:\$|\\[)\]]|\s)+", "", after[:stop.start() if stop else len(after)])
+    return _AFTER_HEDGE.match(_prose(after)) is not None
+
+
+def _conflict(text: str, end: int, answer: str) -> bool:
+    """A line after the box's line whose last math or number (its right side, for "a = b") is another answer."""
+    rest = text[end:]
+    if "\n" not in rest.rstrip():
+        return False
+    last = _last_math(rest[rest.find("\n"):])
+    if last is None:
+        return False
+    last = re.split(r"(?<![<>!\\])=", last)[-1].strip()
+    return bool(last) and not _same_answer(last, answer)
 
 
 def _is_math(s: str) -> bool:
