@@ -325,7 +325,7 @@ def _case_main(job: dict, case: dict, fds: dict) -> None:
         if name in fds:
             os.dup2(fds[name], target)
     os.closerange(5 if "chan" in fds else 4, 1 << 16)
-    if not job["pidns"]:
+    if not job["pidns"] or not job.get("case_pidns", True):
         _program(job, case)
     # A pid namespace of its own: the program sees no other process (not the test, not the harness), and
     # every process it starts dies with its first one.
