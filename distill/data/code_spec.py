@@ -180,24 +180,20 @@ def _parse_functional(spec: dict, timeout) -> Spec:
 
 
 # A call-based case: JSON values travel as JSON text, so any args survive; tuples in the return value
-# compare equal to JSON lists. Names are mangled so they cannot collide with the solution's.
+# compare equal to JSON lists. It runs in the test process, where `{name}` is the program's function (or
+# `Solution().{name}`) reached through the sandbox's proxy, so `got` is plain data already or a stand-in that JSON
+# cannot hold. Names are mangled so they cannot collide with the solution's.
 _CALL = '''\
-def __distill_case(name, args, expected, unwrap):
+def __distill_case(target, args, expected, unwrap):
     import json
-    ns = globals()
-    target = ns.get(name)
-    if not callable(target):
-        if "Solution" not in ns:
-            raise NameError(f"the solution defines no function {{name}}")
-        target = getattr(ns["Solution"](), name)
     got = target(*args)
     try:  # plain data only: an object of the program's own class could claim to equal anything
         got = json.loads(json.dumps(got))
     except (TypeError, ValueError):
-        raise AssertionError(f"returned a {{type(got).__name__}}, not a JSON value") from None
+        raise AssertionError(f"returned a {{getattr(got, 'type_name', type(got).__name__)}}, not a JSON value") from None
     ok = got == expected or (unwrap and isinstance(expected, list) and len(expected) == 1 and got == expected[0])
     assert ok, f"returned {{got!r:.200}}, expected {{expected!r:.200}}"
-__distill_case({name!r}, __import__("json").loads({args!r}), __import__("json").loads({expected!r}), {unwrap!r})
+__distill_case({name}, __import__("json").loads({args!r}), __import__("json").loads({expected!r}), {unwrap!r})
 '''
 
 

@@ -41,14 +41,17 @@ def _load(name: str) -> types.ModuleType:
 
 _case = _load("_sandbox_case")
 _watch = _load("_sandbox_watch")
-_watch._case = _case
+_tester = _load("_sandbox_tester")
+_watch._case = _tester._case = _case
+_watch._tester = _tester
 _c, _check, _prctl, _last_line = _case._c, _case._check, _case._prctl, _case._last_line
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = (
     _case.PR_SET_PDEATHSIG, _case.PR_SET_DUMPABLE, _case.PR_SET_CHILD_SUBREAPER)
 
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x08000000, 0x20000000, 0x40000000
+CLONE_NEWUSER = 0x10000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND = 1, 2, 4, 8, 32, 4096
-MS_REC, MS_PRIVATE, MS_RELATIME = 16384, 1 << 18, 1 << 21
+MS_NOATIME, MS_NODIRATIME, MS_REC, MS_PRIVATE, MS_RELATIME, MS_STRICTATIME = 1024, 2048, 16384, 1 << 18, 1 << 21, 1 << 24
 MNT_DETACH = 2
 
 # Mounts left as they are: /proc is replaced, /dev holds /dev/null and friends, /sys is not writable by the uid.
@@ -80,7 +83,9 @@ def _emit(obj: dict) -> None:
 
 def _mount_points() -> list[tuple[str, int]]:
     """(mount point, per-mount flags worth keeping) from /proc/self/mountinfo, parents first."""
-    keep = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "relatime": MS_RELATIME}
+    # In a user namespace these flags are locked: a remount that drops one is refused.
+    keep = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "relatime": MS_RELATIME,
+            "noatime": MS_NOATIME, "nodiratime": MS_NODIRATIME, "strictatime": MS_STRICTATIME}
     out = []
     with open("/proc/self/mountinfo", encoding="utf-8") as f:
         for line in f:
@@ -201,8 +206,15 @@ def _run_job(job: dict) -> None:
     """The launcher's part: isolate (or not), run the harness, exit. Never returns."""
     info: dict = {"isolation": job["isolation"]}
     if job["isolation"] == "namespaces":
+        flags = CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC
+        uid, gid = os.getuid(), os.getgid()
         try:
-            _check(_c().unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC), "unshare")
+            # Not root: a user namespace of our own, in which we are root (and the case, without capabilities).
+            _check(_c().unshare(flags | (CLONE_NEWUSER if job["userns"] else 0)), "unshare")
+            if job["userns"]:
+                for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
+                    with open(f"/proc/self/{name}", "w") as f:
+                        f.write(text)
         except OSError as e:
             _emit({"event": "error", "detail": str(e)})
             os._exit(0)
@@ -258,14 +270,14 @@ def _serve(control_fd: int) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # launchers are reaped by the kernel; pidfds still report exit
     while True:
         try:
-            header, fds, _, _ = socket.recv_fds(sock, 8, 2)
+            header, fds, _, _ = socket.recv_fds(sock, 8, 3)
             if not header:
                 os._exit(0)
             header += _recv_exact(sock, 8 - len(header))
             job = marshal.loads(_recv_exact(sock, int.from_bytes(header, "big")))
         except (EOFError, OSError):
             os._exit(0)
-        if len(fds) != 2:
+        if len(fds) not in (2, 3):
             for fd in fds:
                 os.close(fd)
             socket.send_fds(sock, [b"no"], [])
@@ -282,7 +294,10 @@ def _serve(control_fd: int) -> None:
                 os.dup2(devnull, 0)
                 os.dup2(fds[0], 1)
                 os.dup2(fds[1], 2)
-                os.closerange(3, 1 << 16)
+                if len(fds) == 3:  # the tests: read only by the test processes, never by us
+                    os.dup2(fds[2], 3)
+                os.closerange(len(fds) + 1, 1 << 16)
+                job["tests_fd"] = 3 if len(fds) == 3 else None
                 os.environ.update(HOME=job["workdir"], TMPDIR=job["workdir"])
             except BaseException:  # noqa: BLE001
                 os._exit(1)

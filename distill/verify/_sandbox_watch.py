@@ -12,9 +12,12 @@ import sys
 import time
 
 _case = None  # the _sandbox_case module; set by _sandbox_child._load
+_tester = None  # the _sandbox_tester module; likewise
 
-# What a case process may report about itself (with the nonce); timeouts and limits are decided here.
+# What the test process may report (on its own pipe; the program has no way to it); timeouts and limits are
+# decided here. The program's process may only report failures.
 _CASE_STATUSES = ("ok", "compile_error", "runtime_error", "assertion_failed", "memory", "sandbox_error")
+_PROGRAM_STATUSES = ("compile_error", "runtime_error", "memory", "sandbox_error")
 
 
 def _signal_name(num: int) -> str:
@@ -24,7 +27,7 @@ def _signal_name(num: int) -> str:
         return f"signal {num}"
 
 
-def _kill_others(job: dict, pgid: int) -> None:
+def _kill_others(job: dict, pgids: list) -> None:
     """Kill whatever the case left behind: everyone else in our pid namespace, or else its uid and group."""
     if job["pidns"]:
         try:
@@ -32,10 +35,11 @@ def _kill_others(job: dict, pgid: int) -> None:
         except ProcessLookupError:
             pass
         return
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+    for pgid in pgids:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
     if job["uid"] is not None:
         _sweep_uid(job["uid"])
 
@@ -69,9 +73,32 @@ def _reap(job: dict) -> None:
             return
 
 
+def _pidfd(pid: int):
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def _fork(body) -> int:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            body()
+        except BaseException:  # noqa: BLE001 - our own setup failed: say so on fd 3 (the result pipe by now)
+            try:
+                os.write(3, f"sandbox_error case setup: {_case._last_line(sys.exc_info()[1])}\n".encode())
+            except BaseException:  # noqa: BLE001
+                pass
+        os._exit(70)
+    return pid
+
+
 def _run_case(job: dict, case: dict, deadline: float) -> dict:
+    """One case: the program in its own process (and pid namespace); for a functional case the test code in a second
+    process that calls it through a pipe. The verdict is the test process's, or for a stdin case the program's exit
+    status (its output is compared by the parent); the program's own words on fd 3 can only make it fail."""
     lim = job["limits"]
-    nonce = os.urandom(16).hex()
     stdin_fd = os.memfd_create("stdin")
     data = case.get("stdin", "").encode("utf-8")
     view = memoryview(data)
@@ -81,54 +108,73 @@ def _run_case(job: dict, case: dict, deadline: float) -> dict:
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     res_r, res_w = os.pipe()
+    fds = {"stdin": stdin_fd, "stdout": out_w, "stderr": err_w, "result": res_w}
+    parent_fds = [stdin_fd, out_w, err_w, res_w]
+    tested = case.get("test") is not None
+    if tested:
+        import socket
+
+        prog_end, test_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        tres_r, tres_w = os.pipe()
+        fds["chan"] = prog_end.fileno()
+        parent_fds += [tres_w]
     start = time.monotonic()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(out_r), os.close(err_r), os.close(res_r)
-            _case._case_main(job, case, {"stdin": stdin_fd, "stdout": out_w, "stderr": err_w, "result": res_w}, nonce)
-        except BaseException:  # noqa: BLE001 - our own setup failed: say so on the result pipe (fd 3 by now)
-            try:
-                os.write(3, f"{nonce} sandbox_error case setup: {_case._last_line(sys.exc_info()[1])}\n".encode())
-            except BaseException:  # noqa: BLE001
-                pass
-        os._exit(70)
-    for fd in (stdin_fd, out_w, err_w, res_w):
+    prog = _fork(lambda: _case._case_main(job, case, fds))
+    procs = {prog: {"name": "program", "pidfd": _pidfd(prog), "status": None, "usage": None}}
+    if tested:
+        test_fds = {"tests": job["tests_fd"], "stderr": err_w, "result": tres_w, "chan": test_end.fileno()}
+        tester = _fork(lambda: _tester._tester_main(job, case, test_fds))
+        procs[tester] = {"name": "test", "pidfd": _pidfd(tester), "status": None, "usage": None}
+        prog_end.close()
+        test_end.close()
+    for fd in parent_fds:
         os.close(fd)
     wall = min(lim["case_wall_s"], max(0.0, deadline - start))
-    out, err, res = bytearray(), bytearray(), bytearray()
+    out, err, res, tres = bytearray(), bytearray(), bytearray(), bytearray()
     out_cap, err_keep = lim["output_bytes"], 4096
     killed = ""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        pidfd = None
     open_fds = {out_r: out, err_r: err, res_r: res}
-    exited = False
-    status = None
-    while not exited or open_fds:
+    if tested:
+        open_fds[tres_r] = tres
+    elapsed = 0.0
+
+    def kill_all() -> None:
+        for pid, p in procs.items():
+            if p["status"] is None:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
+    while any(p["status"] is None for p in procs.values()) or open_fds:
+        running = [pid for pid, p in procs.items() if p["status"] is None]
         now = time.monotonic()
-        if not exited and now - start > wall:
+        if running and now - start > wall and not killed:
             killed = "timeout"
-            os.kill(pid, signal.SIGKILL)
-        watch = list(open_fds) + ([pidfd] if pidfd is not None and not exited else [])
-        if exited:  # the case is over: leftovers were killed, drain what is buffered and stop
+            kill_all()
+        watch = list(open_fds) + [procs[pid]["pidfd"] for pid in running if procs[pid]["pidfd"] is not None]
+        if not running:  # the case is over: leftovers were killed, drain what is buffered and stop
             timeout = 0.2
         else:
-            timeout = max(0.0, min(wall - (now - start), 0.05 if pidfd is None else 1.0))
+            polling = any(procs[pid]["pidfd"] is None for pid in running)
+            timeout = max(0.0, min(wall - (now - start), 0.05 if polling else 1.0))
         ready, _, _ = select.select(watch, [], [], timeout)
-        if not exited and (pidfd in ready or pidfd is None or killed):
+        for pid in running:
             got, status, usage = os.wait4(pid, os.WNOHANG if not killed else 0)
-            if got == pid:
-                exited = True
-                elapsed = time.monotonic() - start
-                _kill_others(job, pid)
-                _reap(job)
+            if got != pid:
                 continue
-        if exited and not ready:
+            procs[pid].update(status=status, usage=usage)
+            if procs[pid]["name"] == "test":
+                kill_all()  # the test is over: the program is not needed any more
+        if running and all(p["status"] is not None for p in procs.values()):
+            elapsed = time.monotonic() - start
+            _kill_others(job, [pid for pid in procs])
+            _reap(job)
+            continue
+        if not running and not ready:
             break
         for fd in ready:
-            if fd == pidfd:
+            if fd not in open_fds:
                 continue
             chunk = os.read(fd, 1 << 16)
             if not chunk:
@@ -140,40 +186,68 @@ def _run_case(job: dict, case: dict, deadline: float) -> dict:
             if fd == out_r and len(buf) > out_cap and not killed:
                 killed = "output_limit"
                 del buf[out_cap:]
-                os.kill(pid, signal.SIGKILL)
+                kill_all()
             elif fd == out_r and len(buf) > out_cap:
                 del buf[out_cap:]
             elif fd == err_r and len(buf) > 2 * err_keep:
                 del buf[:-err_keep]
-            elif fd == res_r and len(buf) > 1 << 16:
+            elif fd in (res_r, tres_r if tested else -1) and len(buf) > 1 << 16:
                 del buf[1 << 16:]
     for fd in open_fds:
         os.close(fd)
-    if pidfd is not None:
-        os.close(pidfd)
+    for p in procs.values():
+        if p["pidfd"] is not None:
+            os.close(p["pidfd"])
     result = {"stdout": out.decode("utf-8", "replace"), "stderr": bytes(err[-err_keep:]).decode("utf-8", "replace"),
-              "time_s": round(elapsed, 4)}
-    cpu_used = usage.ru_utime + usage.ru_stime
-    result["cpu_s"] = round(cpu_used, 4)
-    message = None
-    for line in bytes(res).decode("utf-8", "replace").splitlines():
-        parts = line.split(" ", 2)
-        if len(parts) >= 2 and parts[0] == nonce and parts[1] in _CASE_STATUSES:
-            message = {"status": parts[1], "detail": parts[2] if len(parts) > 2 else ""}
-            break
+              "time_s": round(elapsed, 4),
+              "cpu_s": round(sum(p["usage"].ru_utime + p["usage"].ru_stime for p in procs.values()
+                                 if p["usage"] is not None), 4)}
     if killed == "output_limit":
         return result | {"status": "output_limit", "detail": f"printed more than {out_cap} bytes"}
     if killed == "timeout":
         return result | {"status": "timeout", "detail": f"ran past the {wall:.1f} s wall clock "
                                                         f"(CPU limit {lim['cpu_in_force']})"}
-    if message is not None and os.WIFEXITED(status):
-        return result | {"status": message["status"], "detail": message.get("detail", "")}
+    program = procs[prog]
+    said = _message(res, _PROGRAM_STATUSES)
+    if not tested:
+        if said is None and os.WIFEXITED(program["status"]) and os.WEXITSTATUS(program["status"]) == 0:
+            return result | {"status": "ok", "detail": ""}
+        return result | _failure(program, said, lim, "before finishing")
+    test = procs[tester]
+    verdict = _message(tres, _CASE_STATUSES)
+    if verdict is not None and os.WIFEXITED(test["status"]):
+        if verdict["status"] == "ok":
+            return result | verdict
+        if not verdict["detail"].startswith("program_gone"):
+            return result | verdict
+        return result | _failure(program, said, lim, "before its tests ended")
+    if os.WIFSIGNALED(test["status"]):  # the test process itself hit a limit
+        return result | _failure(test, None, lim, "")
+    return result | {"status": "sandbox_error", "detail": "the test process ended without a verdict"}
+
+
+def _message(buf: bytearray, allowed: tuple):
+    for line in bytes(buf).decode("utf-8", "replace").splitlines():
+        parts = line.split(" ", 1)
+        if parts[0] in allowed:
+            return {"status": parts[0], "detail": parts[1] if len(parts) > 1 else ""}
+    return None
+
+
+def _failure(proc: dict, said, lim: dict, when: str) -> dict:
+    """Why a process failed: its own message (a failure only), else how it ended."""
+    status, usage = proc["status"], proc["usage"]
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
+        cpu_used = usage.ru_utime + usage.ru_stime
         if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu_used >= math.ceil(lim["timeout_s"]) - 0.05):
-            return result | {"status": "timeout", "detail": f"hit the CPU time limit ({lim['cpu_in_force']})"}
+            return {"status": "timeout", "detail": f"hit the CPU time limit ({lim['cpu_in_force']})"}
+        if said is not None:
+            return said
         if sig == signal.SIGKILL:  # not ours, not the CPU limit: the kernel's OOM killer
-            return result | {"status": "memory", "detail": "killed (out of memory)"}
-        return result | {"status": "runtime_error", "detail": f"killed by {_signal_name(sig)}"}
+            return {"status": "memory", "detail": "killed (out of memory)"}
+        return {"status": "runtime_error", "detail": f"killed by {_signal_name(sig)}"}
+    if said is not None:
+        return said
     code = os.WEXITSTATUS(status)
-    return result | {"status": "runtime_error", "detail": f"exited with status {code} before finishing"}
+    return {"status": "runtime_error", "detail": f"exited with status {code} {when}".strip()}

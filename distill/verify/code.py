@@ -132,7 +132,8 @@ def verify_code(completion: str, spec: str | dict | Spec, limits: Limits = Limit
     if parsed.timeout_s is not None:
         limits = replace(limits, timeout_s=float(parsed.timeout_s))
     cases = [Case(stdin=c.stdin, then=c.then) for c in parsed.cases]
-    return verdict_from_results(parsed, code, run_cases(program_for(parsed, code), cases, limits, isolation))
+    results = run_cases(program_for(parsed, code), cases, limits, isolation, parsed.entry_point, parsed.prompt)
+    return verdict_from_results(parsed, code, results)
 
 
 def _where(record: Any) -> str:

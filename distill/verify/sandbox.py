@@ -37,7 +37,7 @@ from distill.errors import DistillError
 from distill.verify._sandbox_child import _readable_by_others
 from distill.verify.calibrate import calibration, speed_factor
 from distill.verify.sandbox_host import (_NS_WORKDIR, UID_BASE, UID_COUNT, _child_sys_path, _hidden_roots, _launch,
-                                         _Outcome, _sweep_uid, _UidLease)
+                                         _Outcome, _sweep_uid, _UidLease, seccomp_program)
 
 logger = logging.getLogger(__name__)
 
@@ -136,12 +136,14 @@ def _probe_namespaces() -> dict:
     """Start one child that sets up the namespaces and stops: does this machine allow them?"""
     if not sys.platform.startswith("linux"):
         return {"ok": False, "why": f"not Linux ({sys.platform})"}
-    if not _is_root():
-        return {"ok": False, "why": "not root (network and mount namespaces need CAP_SYS_ADMIN)"}
-    with _UidLease() as uid:
-        job = _job("pass", [], Limits(speed_factor=1.0), "namespaces", uid) | {"probe": True}
-        out = _launch(job, 30.0, 1 << 20)
-        _sweep_uid(uid)
+    if _is_root():
+        with _UidLease() as uid:
+            job, _ = _job("pass", [], Limits(speed_factor=1.0), "namespaces", uid)
+            out = _launch(job | {"probe": True}, 30.0, 1 << 20)
+            _sweep_uid(uid)
+    else:  # a user namespace of our own
+        job, _ = _job("pass", [], Limits(speed_factor=1.0), "namespaces", None)
+        out = _launch(job | {"probe": True}, 30.0, 1 << 20)
     setup = next((e for e in out.events if e.get("event") == "setup"), None)
     if setup is not None:
         return {"ok": True, "info": setup["info"]}
@@ -216,26 +218,45 @@ def sandbox_info(isolation: str = "auto") -> dict:
 # --- the API --------------------------------------------------------------------------------------
 
 
-def _job(program: str, cases: Sequence[Case], limits: Limits, mode: str, uid: int | None) -> dict:
+def _job(program: str, cases: Sequence[Case], limits: Limits, mode: str, uid: int | None, entry_point: str = "",
+         prelude: str = "") -> tuple[dict, bytes]:
+    """The job the launcher gets, and the test code it must not see (read by the test processes alone)."""
     sys_path = _child_sys_path()
     keep = sorted({sys.base_prefix, sys.base_exec_prefix, sys.prefix, sys.exec_prefix, *sys_path})
+    tests, located = bytearray(), []
+    for c in cases:
+        if c.then is None:
+            located.append({"stdin": c.stdin, "test": None})
+            continue
+        data = c.then.encode("utf-8")
+        located.append({"stdin": c.stdin, "test": (len(tests), len(data))})
+        tests += data
     return {
         "program": program,
-        "cases": [{"stdin": c.stdin, "then": c.then} for c in cases],
+        "cases": located,
+        "entry_point": entry_point,
+        "prelude": prelude,
         "limits": asdict(limits) | {"case_wall_s": limits.case_wall_s, "cpu_in_force": limits.describe_cpu()},
         "isolation": mode,
+        "userns": mode == "namespaces" and not _is_root(),
         "uid": uid, "gid": uid,
         "sys_path": sys_path,
         "hide": _hidden_roots(),
         "keep": keep,
         "workdir": _NS_WORKDIR,
-    }
+        "seccomp": seccomp_program()[0],
+    }, bytes(tests)
 
 
-def run_cases(program: str, cases: Sequence[Case], limits: Limits = Limits(),
-              isolation: str = "auto") -> list[CaseResult]:
+def run_cases(program: str, cases: Sequence[Case], limits: Limits = Limits(), isolation: str = "auto",
+              entry_point: str = "", prelude: str = "") -> list[CaseResult]:
     """Run `program` once per case in one sandboxed child; a result per case, in order. Never raises for
-    anything the program does: our own failures are `sandbox_error` results. Nothing it started survives."""
+    anything the program does: our own failures are `sandbox_error` results. Nothing it started survives.
+
+    A case with test code (`then`) runs it in a separate test process that reaches the program's names through
+    proxies (plain data over a pipe): `entry_point` (LeetCode's `Solution().entry_point` when there is no such
+    function) and any other name the test uses and does not define. `prelude` is trusted code the test process runs
+    first (a HumanEval prompt): the names it defines are its own, not the program's, the entry point aside."""
     if not cases:
         return []
     mode = _resolve(isolation)
@@ -244,13 +265,13 @@ def run_cases(program: str, cases: Sequence[Case], limits: Limits = Limits(),
     host_dir = None
     try:
         uid = lease.__enter__() if lease else None
-        job = _job(program, cases, limits, mode, uid)
+        job, tests = _job(program, cases, limits, mode, uid, entry_point, prelude)
         if mode == "fallback":
             host_dir = tempfile.mkdtemp(prefix="distill-sandbox-")
             job["workdir"] = host_dir
             job["hide"], job["keep"] = [], []
         cap = len(cases) * (2 * limits.output_bytes + (1 << 16)) + (1 << 20)
-        out = _launch(job, limits.total_timeout_s + _GRACE_S, cap)
+        out = _launch(job, limits.total_timeout_s + _GRACE_S, cap, tests)
         if uid is not None:
             _sweep_uid(uid)
     finally:

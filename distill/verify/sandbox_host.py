@@ -140,6 +140,60 @@ def _child_env(workdir: str) -> dict[str, str]:
     }
 
 
+# --- the seccomp filter ---------------------------------------------------------------------------
+
+# Refused with EPERM in every case process (and test process): reading or steering other processes, new namespaces
+# or mounts, kernel-wide state, and the interfaces that bypass seccomp or widen the attack surface.
+_REFUSED_SYSCALLS = (
+    "ptrace", "process_vm_readv", "process_vm_writev", "pidfd_getfd", "kcmp", "perf_event_open", "bpf",
+    "userfaultfd", "keyctl", "add_key", "request_key", "unshare", "setns", "mount", "umount2", "pivot_root", "chroot",
+    "mount_setattr", "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "fspick", "io_uring_setup",
+    "io_uring_enter", "io_uring_register", "kexec_load", "kexec_file_load", "init_module", "finit_module",
+    "delete_module", "reboot", "swapon", "swapoff", "acct", "quotactl", "name_to_handle_at", "open_by_handle_at",
+    "lookup_dcookie", "vhangup", "syslog",
+)
+# CLONE_NEWNS, NEWCGROUP, NEWUTS, NEWIPC, NEWUSER, NEWPID, NEWNET: clone() with any of them is refused.
+_NAMESPACE_BITS = (0x00020000, 0x02000000, 0x04000000, 0x08000000, 0x10000000, 0x20000000, 0x40000000)
+_seccomp_cache: dict = {}
+
+
+def seccomp_program() -> tuple[bytes | None, str]:
+    """The case processes' seccomp filter as BPF (compiled here by libseccomp through pyseccomp), and what it does;
+    (None, why) where libseccomp is missing."""
+    if "bpf" not in _seccomp_cache:
+        _seccomp_cache["bpf"] = _compile_seccomp()
+    return _seccomp_cache["bpf"]
+
+
+def _compile_seccomp() -> tuple[bytes | None, str]:
+    import errno
+    import tempfile
+
+    try:
+        import pyseccomp as sc
+
+        f = sc.SyscallFilter(sc.ALLOW)
+        for name in _REFUSED_SYSCALLS:
+            try:
+                f.add_rule(sc.ERRNO(errno.EPERM), name)
+            except (OSError, ValueError, RuntimeError):
+                pass  # not a syscall on this architecture
+        for bit in _NAMESPACE_BITS:
+            f.add_rule(sc.ERRNO(errno.EPERM), "clone", sc.Arg(0, sc.MASKED_EQ, bit, bit))
+        f.add_rule(sc.ERRNO(errno.ENOSYS), "clone3")  # its flags are out of reach: libc falls back to clone
+        for call in ("socket", "socketpair"):
+            f.add_rule(sc.ERRNO(errno.EAFNOSUPPORT), call, sc.Arg(0, sc.NE, 1))  # AF_UNIX only
+        with tempfile.TemporaryFile() as tmp:
+            f.export_bpf(tmp)
+            tmp.seek(0)
+            bpf = tmp.read()
+    except (ImportError, OSError, RuntimeError, AttributeError) as e:
+        return None, f"unavailable ({type(e).__name__}: {e}; pip install pyseccomp, and libseccomp2 from the OS)"
+    return bpf, ("seccomp: EPERM for " + ", ".join(("ptrace", "process_vm_*", "unshare", "setns", "mount", "bpf",
+                                                      "io_uring", "namespace flags of clone")) + "; socket families "
+                 "other than AF_UNIX refused")
+
+
 # --- one child ------------------------------------------------------------------------------------
 
 
@@ -186,8 +240,9 @@ class _Zygote:
                 self._proc.wait()
         self._sock = self._proc = None
 
-    def spawn(self, data: bytes, out_w: int, err_w: int) -> int:
-        """Start one sandbox with this job; its stdout/stderr go to the given pipe ends. Returns its pidfd."""
+    def spawn(self, data: bytes, fds: list[int]) -> int:
+        """Start one sandbox with this job; its stdout/stderr go to the given pipe ends (and the test processes read
+        their tests from the third fd, if any). Returns its pidfd."""
         with self._lock:
             if self._owner != os.getpid():  # a forked copy of us: the zygote belongs to our parent
                 self._sock = self._proc = None
@@ -196,7 +251,7 @@ class _Zygote:
                     self._stop()
                     self._start()
                 try:
-                    socket.send_fds(self._sock, [len(data).to_bytes(8, "big")], [out_w, err_w])
+                    socket.send_fds(self._sock, [len(data).to_bytes(8, "big")], fds)
                     self._sock.sendall(data)
                     reply, fds, _, _ = socket.recv_fds(self._sock, 16, 1)
                 except OSError:
@@ -224,17 +279,26 @@ _ZYGOTE = _Zygote()
 atexit.register(_ZYGOTE.close)
 
 
-def _launch(job: dict, deadline_s: float, stdout_cap: int) -> _Outcome:
+def _launch(job: dict, deadline_s: float, stdout_cap: int, tests: bytes = b"") -> _Outcome:
+    """Run one job; `tests` (the test code of its cases, which job["cases"][i]["test"] locate) travels in a memfd
+    that only the test processes read: the launcher, and so the program's processes forked from it, never do."""
     data = marshal.dumps(job)  # plain values only; the child decodes it without importing json
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
+    fds = [out_w, err_w]
+    if tests:
+        fds.append(os.memfd_create("tests"))
+        view = memoryview(tests)
+        while view:
+            view = view[os.write(fds[-1], view):]
     try:
-        pidfd = _ZYGOTE.spawn(data, out_w, err_w)
+        pidfd = _ZYGOTE.spawn(data, fds)
     except OSError as e:
         os.close(out_r), os.close(err_r)
         return _Outcome([], "", "", f"cannot start the sandbox ({sys.executable}): {e}")
     finally:
-        os.close(out_w), os.close(err_w)
+        for fd in fds:
+            os.close(fd)
     out, err, killed, init_fd = bytearray(), bytearray(), "", None
     try:
         end = time.monotonic() + deadline_s
