@@ -39,10 +39,12 @@ def _load(name: str) -> types.ModuleType:
     return module
 
 
+_wire = _load("_sandbox_wire")
 _case = _load("_sandbox_case")
 _watch = _load("_sandbox_watch")
 _tester = _load("_sandbox_tester")
 _watch._case = _tester._case = _case
+_case._wire = _tester._wire = _wire
 _watch._tester = _tester
 _c, _check, _prctl, _last_line = _case._c, _case._check, _case._prctl, _case._last_line
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER = (

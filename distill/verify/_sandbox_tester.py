@@ -13,6 +13,7 @@ import os
 import sys
 
 _case = None  # the _sandbox_case module; set by _sandbox_child._load
+_wire = None  # the _sandbox_wire module; set by _sandbox_child._load
 
 _PLAIN = (type(None), bool, int, float, complex, str, bytes, tuple, list, dict, set, frozenset)
 
@@ -61,8 +62,8 @@ class _Channel:
 
     def ask(self, request):
         try:
-            _case.send_msg(self.fd, request)
-            reply = _case.recv_msg(self.fd)
+            _wire.send_msg(self.fd, request)
+            reply = _wire.recv_msg(self.fd)
         except (EOFError, OSError, ValueError, TypeError) as e:
             raise ProgramGone(f"the program's process ended ({type(e).__name__})") from None
         if not isinstance(reply, tuple) or not reply or not isinstance(reply[0], str):
@@ -156,7 +157,7 @@ def _tester_main(job: dict, case: dict, fds: dict) -> None:
     channel = _Channel(4)
     ns = {"__name__": "__main__", "__builtins__": builtins}
     try:
-        hello = _case.recv_msg(4)
+        hello = _wire.recv_msg(4)
         if hello != ("ready",):
             raise ProgramGone("the program broke the protocol")
         if prelude is not None:
