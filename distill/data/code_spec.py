@@ -23,7 +23,7 @@ with `"unwrap": true` a return equal to `expected[0]` also passes (APPS's rule f
 `prompt` (HumanEval) is the code the model was asked to complete: when the extracted code does not itself
 define `entry_point`, it is taken to be the body and the program is `prompt + code`; otherwise the
 prompt's import lines are put in front of it (models drop `from typing import List`).
-`timeout_s` (optional, both shapes) replaces the sandbox's per-case CPU limit for this problem.
+`timeout_s` (optional, both shapes) replaces the sandbox's per-case CPU limit (DEFAULT_TIMEOUT_S) for this problem.
 
 Published datasets' tests become this JSON in data/code_tests.py; verify/code.py runs it.
 """
@@ -39,6 +39,9 @@ from functools import lru_cache
 from typing import Any, NamedTuple
 
 from distill.errors import DistillError
+
+# CPU seconds per test case on the reference machine when a spec sets no `timeout_s` (verify/sandbox.py Limits).
+DEFAULT_TIMEOUT_S = 4.0
 
 SPEC_TYPES = ("stdin", "functional")
 _KEYS = {

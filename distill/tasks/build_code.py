@@ -6,8 +6,8 @@ Run `python -m distill.tasks.build_code [--shared PATH] [--out DIR]`; the output
 carries the code prompt (prompts.CODE_TEMPLATE): generate and eval use it unless --prompt-template is given.
 
 Time limits: `code_costs.json` holds each canonical solution's slowest test case in CPU seconds on the reference
-machine (verify/calibrate.py), measured by `--measure` (which sandboxes every canonical solution once and divides
-by this machine's measured speed). A task whose canonical solution needs more than a third of the sandbox's default
+machine, measured by `python -m distill.verify.calibrate --tasks` (which sandboxes every canonical solution once and
+divides by this machine's measured speed). A task whose canonical solution needs more than a third of the sandbox's default
 CPU limit gets its own spec `timeout_s` = 3x that cost, rounded up to a second, so that no correct program is
 graded `timeout` for being as slow as the reference answer; the sandbox stretches every limit by the speed factor
 of the machine it runs on.
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import yaml
 
-from distill.data.code_spec import dump_spec
+from distill.data.code_spec import DEFAULT_TIMEOUT_S, dump_spec
 from distill.data.code_tests import from_humaneval, from_mbpp, humaneval_solution
 from distill.prompts import CODE_TEMPLATE
 
@@ -125,9 +125,7 @@ def _read_costs() -> dict:
 def time_limit(cost_s: float | None) -> float | None:
     """The spec `timeout_s` for a canonical solution whose slowest case costs `cost_s` reference CPU seconds;
     None where the sandbox's default limit already leaves the margin."""
-    from distill.verify.sandbox import Limits
-
-    if cost_s is None or COST_MARGIN * cost_s <= Limits().timeout_s:
+    if cost_s is None or COST_MARGIN * cost_s <= DEFAULT_TIMEOUT_S:
         return None
     return float(math.ceil(COST_MARGIN * cost_s))
 
@@ -136,33 +134,6 @@ def _with_limit(answer: str, limit: float | None) -> str:
     if limit is None:
         return answer
     return dump_spec(json.loads(answer) | {"timeout_s": limit})
-
-
-def measure_costs(root: Path) -> dict:
-    """Each task's canonical solutions run once in the sandbox: {task: {id: slowest case, reference CPU s}}."""
-    from distill.data.code_spec import parse_spec
-    from distill.verify.calibrate import REFERENCE_S, calibration
-    from distill.verify.code import program_for
-    from distill.verify.sandbox import Case, Limits, run_cases
-
-    here = calibration()
-    scale = here.get("measured_s", REFERENCE_S) / REFERENCE_S  # this machine's own speed, not floored at 1
-    costs: dict = {}
-    for name, (builder, _, _) in TASKS.items():
-        rows = builder(root)[0]
-        costs[name] = {}
-        for i, r in enumerate(rows):
-            spec = parse_spec(r["answer"])
-            results = run_cases(program_for(spec, r["solution"]), [Case(c.stdin, c.then) for c in spec.cases],
-                                Limits(timeout_s=120, total_timeout_s=1200, speed_factor=1.0))
-            bad = [x for x in results if x.status != "ok"]
-            if bad:
-                raise SystemExit(f"error: {name} {r['id']}: the canonical solution fails ({bad[0].detail})")
-            costs[name][r["id"]] = round(max(x.cpu_s for x in results) / scale, 3)
-            if (i + 1) % 50 == 0:
-                logger.info("%s: measured %d/%d", name, i + 1, len(rows))
-    return {"reference": f"CPU seconds on {here.get('reference_cpu')}; measured on {here.get('cpu')} "
-                         f"(workload {here.get('measured_s')} s vs {REFERENCE_S} s)"} | costs
 
 
 def build_task(name: str, root: Path, out: Path) -> str:
@@ -193,15 +164,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help="where to write (default: this package's folder)"
     )
-    parser.add_argument("--measure", action="store_true",
-                        help=f"first time every canonical solution in the sandbox and rewrite {COSTS.name}")
     args = parser.parse_args(argv)
     if not (args.shared / "code").is_dir():
         raise SystemExit(f"error: no code/ under {args.shared}; pass --shared PATH to data/external")
-    if args.measure:
-        costs = measure_costs(args.shared)
-        COSTS.write_text(json.dumps(costs, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        logger.info("wrote %s", COSTS)
     args.out.mkdir(parents=True, exist_ok=True)
     for name in TASKS:
         digest = build_task(name, args.shared, args.out)

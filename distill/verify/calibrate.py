@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import subprocess
@@ -127,7 +128,7 @@ def _from_env() -> dict | None:
         factor = float(raw)
     except ValueError:
         factor = 0.0
-    if not factor >= 1.0 or factor != factor or factor == float("inf"):
+    if not (math.isfinite(factor) and factor >= 1.0):
         raise DistillError(f"{ENV}={raw!r}: must be a number >= 1 (how many times slower than the reference "
                            f"machine this one runs Python); unset it to measure")
     return {"factor": factor, "source": f"${ENV}"}
@@ -157,3 +158,58 @@ def calibration() -> dict:
 def speed_factor() -> float:
     """How many times the sandbox's CPU limits are stretched on this machine (>= 1)."""
     return calibration()["factor"]
+
+
+# --- the bundled code tasks' costs (maintainers) ---------------------------------------------------
+
+
+def measure_task_costs(root: Path) -> dict:
+    """Each task's canonical solutions run once in the sandbox: {task: {id: slowest case, reference CPU s}}."""
+    from distill.data.code_spec import parse_spec
+    from distill.tasks.build_code import TASKS
+    from distill.verify.code import program_for
+    from distill.verify.sandbox import Case, Limits, run_cases
+
+    here = calibration()
+    scale = here.get("measured_s", REFERENCE_S) / REFERENCE_S  # this machine's own speed, not floored at 1
+    costs: dict = {}
+    for name, (builder, _, _) in TASKS.items():
+        rows = builder(root)[0]
+        costs[name] = {}
+        for i, r in enumerate(rows):
+            spec = parse_spec(r["answer"])
+            results = run_cases(program_for(spec, r["solution"]), [Case(c.stdin, c.then) for c in spec.cases],
+                                Limits(timeout_s=120, total_timeout_s=1200, speed_factor=1.0))
+            bad = [x for x in results if x.status != "ok"]
+            if bad:
+                raise SystemExit(f"error: {name} {r['id']}: the canonical solution fails ({bad[0].detail})")
+            costs[name][r["id"]] = round(max(x.cpu_s for x in results) / scale, 3)
+            if (i + 1) % 50 == 0:
+                logger.info("%s: measured %d/%d", name, i + 1, len(rows))
+    return {"reference": f"CPU seconds on {here.get('reference_cpu')}; measured on {here.get('cpu')} "
+                         f"(workload {here.get('measured_s')} s vs {REFERENCE_S} s)"} | costs
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m distill.verify.calibrate [--tasks [--shared PATH]]`: this machine's calibration; with --tasks,
+    also time every bundled canonical solution and rewrite distill/tasks/code_costs.json (then run build_code)."""
+    import argparse
+
+    from distill.tasks.build_code import COSTS, DEFAULT_SHARED
+
+    parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+    parser.add_argument("--tasks", action="store_true", help=f"measure the bundled tasks and rewrite {COSTS.name}")
+    parser.add_argument("--shared", type=Path, default=DEFAULT_SHARED, help="the shared data/external folder")
+    args = parser.parse_args(argv)
+    print(json.dumps(calibration(), indent=1))
+    if args.tasks:
+        if not (args.shared / "code").is_dir():
+            raise SystemExit(f"error: no code/ under {args.shared}; pass --shared PATH to data/external")
+        costs = measure_task_costs(args.shared)
+        COSTS.write_text(json.dumps(costs, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        logger.info("wrote %s; now run python -m distill.tasks.build_code", COSTS)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    main()

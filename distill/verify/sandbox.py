@@ -33,6 +33,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
+from distill.data.code_spec import DEFAULT_TIMEOUT_S
 from distill.errors import DistillError
 from distill.verify._sandbox_child import _readable_by_others
 from distill.verify.calibrate import calibration, speed_factor
@@ -56,7 +57,7 @@ _GRACE_S = 10.0
 class Limits:
     """Resource limits of one sandboxed run; every test case gets them afresh."""
 
-    timeout_s: float = 4.0  # CPU seconds per test case on the reference machine (x the speed factor here)
+    timeout_s: float = DEFAULT_TIMEOUT_S  # CPU seconds per test case on the reference machine (x the speed factor)
     memory_mb: int = 1024  # address space of each process (RLIMIT_AS and RLIMIT_DATA)
     output_bytes: int = 1 << 20  # stdout kept per case; printing more ends the case as output_limit
     file_bytes: int = 16 << 20  # largest file a case may write (RLIMIT_FSIZE); /tmp holds 4x this
