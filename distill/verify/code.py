@@ -129,11 +129,15 @@ def verify_code(completion: str, spec: str | dict | Spec, limits: Limits = Limit
     code = extract_code(completion)
     if code is None:
         return Verdict(False, "code_missing", "", "none", 0.0, "no ```python block after </think>")
-    if parsed.timeout_s is not None:
-        limits = replace(limits, timeout_s=float(parsed.timeout_s))
-    cases = [Case(stdin=c.stdin, then=c.then) for c in parsed.cases]
-    results = run_cases(program_for(parsed, code), cases, limits, isolation, parsed.entry_point, parsed.prompt)
-    return verdict_from_results(parsed, code, results)
+    return verdict_from_results(parsed, code, run_spec(parsed, code, limits, isolation))
+
+
+def run_spec(spec: Spec, code: str, limits: Limits = Limits(), isolation: str = "auto") -> list[CaseResult]:
+    """Every case of `spec` against `code` in one sandboxed run (the spec's own `timeout_s` replacing the limit)."""
+    if spec.timeout_s is not None:
+        limits = replace(limits, timeout_s=float(spec.timeout_s))
+    cases = [Case(stdin=c.stdin, then=c.then) for c in spec.cases]
+    return run_cases(program_for(spec, code), cases, limits, isolation, spec.entry_point, spec.prompt)
 
 
 def _where(record: Any) -> str:

@@ -120,7 +120,7 @@ class CaseResult:
     stderr: str  # the last 4 KiB
     detail: str  # one line: the exception, the signal, the limit that was hit
     time_s: float  # wall clock of the case process
-    cpu_s: float = 0.0  # CPU seconds of the case process and its children
+    cpu_s: float = 0.0  # CPU seconds of the case's reaped processes (not a functional case's program, killed at its end)
 
 
 # --- isolation probe ------------------------------------------------------------------------------
