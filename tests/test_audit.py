@@ -161,3 +161,22 @@ def test_eval_audit_of_code_only_is_one_line_and_mixed_is_noted(tmp_path):
     _, score = _grade_task([], EvalTask("humaneval", "humaneval", True, "auto", "code"), cfg, [])
     assert score["audit"] == {"applies": False, "why": "code is graded by running its tests; there is no second "
                                                        "grader to compare (audit is math only)"}
+
+
+def test_eval_merge_sums_the_shards_audits(tmp_path):
+    rows = [{"problem_id": pid, "answer": gold, "problem": f"Problem {pid}?", "completion": completion}
+            for pid, gold, completion, _ in CASES]
+    data = write_jsonl(tmp_path / "toy.jsonl", rows)
+    single = eval_run(build_config(EvalConfig, {"completions": str(data), "out": str(tmp_path / "one"), "workers": 2,
+                                                "audit": True, "answer_extraction": "boxed"}))
+    for i in range(2):
+        eval_run(build_config(EvalConfig, {"completions": str(data), "out": str(tmp_path / "sharded"), "workers": 2,
+                                           "audit": True, "answer_extraction": "boxed", "shard": f"{i}/2"}))
+    shard_rows = [read_jsonl(tmp_path / "sharded" / f"shard-{i}-of-2" / "audit.jsonl") for i in range(2)]
+    assert all(shard_rows) and sum(map(len, shard_rows)) == 7  # the split put disagreements in both shards
+    from distill.eval.merge import merge
+
+    merged = merge([str(tmp_path / "sharded")])
+    assert merged["results"]["toy"]["audit"] == single["results"]["toy"]["audit"]
+    assert single["results"]["toy"]["audit"]["disagree"] == 7
+    assert read_jsonl(tmp_path / "sharded" / "audit.jsonl") == read_jsonl(tmp_path / "one" / "audit.jsonl")

@@ -99,6 +99,19 @@ class Audit:
                 "file": AUDIT_FILE}
 
 
+def combine(summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """One summary from the summaries of parts of one run (eval merge's shards): counts and categories summed."""
+    if any("applies" in s for s in summaries):  # a code task: not audited in any shard
+        return summaries[0]
+    out = {**summaries[0], "categories": Counter()}
+    for key in ("audited", "agree", "disagree", "distill_correct", "mathverify_correct"):
+        out[key] = sum(s[key] for s in summaries)
+    for s in summaries:
+        out["categories"].update(s["categories"])
+    out["categories"] = dict(sorted(out["categories"].items()))
+    return out
+
+
 def write_rows(folder: str | Path, rows: list[dict[str, Any]]) -> Path:
     """FOLDER/audit.jsonl, atomically; written (empty) even when the graders agree on every record."""
     path = Path(folder) / AUDIT_FILE
