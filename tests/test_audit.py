@@ -180,3 +180,17 @@ def test_eval_merge_sums_the_shards_audits(tmp_path):
     assert merged["results"]["toy"]["audit"] == single["results"]["toy"]["audit"]
     assert single["results"]["toy"]["audit"]["disagree"] == 7
     assert read_jsonl(tmp_path / "sharded" / "audit.jsonl") == read_jsonl(tmp_path / "one" / "audit.jsonl")
+
+
+def test_pool_audits_only_when_asked_and_a_timeout_is_never_a_disagreement():
+    from distill.verify.math_pool import MathGrader
+
+    slow = think("\\boxed{2^{2^{2^{2^{2^{20}}}}}}")  # sympy runs past the timeout on it, in either grader
+    items = [(think("\\boxed{5\\text{ or more}}"), "5"), (slow, "5")]
+    with MathGrader(workers=1, timeout=1.0, audit=True) as grader:
+        hedge, timed_out = grader.grade_many(items, audit=True)
+        plain = list(grader.grade_many(items[:1]))  # cons@k's clustering calls grade_many without it
+    assert (hedge.correct, hedge.reason, hedge.audit.correct) == (False, "answer_hedged", True)
+    assert (timed_out.reason, timed_out.audit.reason) == ("answer_timeout", "answer_timeout")
+    assert category(timed_out, timed_out.audit) is None
+    assert plain[0].audit is None
