@@ -144,6 +144,9 @@ def test_eval_audit_regrades_completions_against_the_task(tmp_path):
     assert len(audit_rows) == 6 and {r["task"] for r in audit_rows} == {"math500"}
     assert {r["gold"] for r in audit_rows} == {"5.4 \\text{ cents}", "58,500", "\\frac{1}{3}"}
     assert all(r["id"].startswith("samples/test/") for r in audit_rows)
+    from distill.data.io import iter_rows
+
+    assert {w.split(":")[0] for w, _ in iter_rows(out)} == {str(out / "samples.jsonl")}  # audit rows are not samples
     # A rerun without --audit removes the file that no longer describes its samples.
     assert main(["eval", "--completions", str(data), "--task", "math500", "--out", str(out), "--workers", "1"]) == 0
     assert not (out / "audit.jsonl").exists()
