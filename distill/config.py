@@ -103,6 +103,8 @@ class FilterConfig(DataSourceMixin):
     answer_extraction: str = opt("boxed", "which answers count: boxed (only a \\boxed{} answer; kept traces teach "
                                  "the format) | chain (boxed, else 'final answer is', else the final line's math)",
                                  choices=("boxed", "chain"))
+    audit: bool = opt(False, "answer_correct: also grade every record by plain math-verify; disagreements to "
+                             "OUT/audit.jsonl, counted by category in stats.json (math only)")
     min_tokens: int = opt(0, "length: drop completions shorter than this many tokens")
     max_tokens: int = opt(16384, "length: drop completions longer than this, 0: no limit (default = sft's max_length)")
     tokenizer: str | None = opt(None, "length: count tokens with this tokenizer (default: num_tokens, else chars/4)")
@@ -176,6 +178,8 @@ class EvalConfig(EngineMixin, DataSourceMixin):
                         choices=("task", "math", "code"))
     answer_extraction: str = opt("chain", "which answers count: chain (boxed, else 'final answer is', else the "
                                  "final line's math) | boxed (only a \\boxed{} answer)", choices=("chain", "boxed"))
+    audit: bool = opt(False, "also grade every sample by plain math-verify; disagreements to OUT/audit.jsonl, "
+                             "counted by category in results.json (math tasks only)")
     workers: int | None = opt(None, "grader worker processes (default: all cores)")
     answer_timeout: float = opt(5.0, "hard per-record grading timeout in seconds")
     split: str = opt("test", "custom tasks: split to read from a Hub dataset id")

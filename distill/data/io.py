@@ -18,8 +18,8 @@ from distill.errors import DistillError
 log = logging.getLogger(__name__)
 
 ROW_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
-# JSON files our stages write beside their rows.
-NOT_ROWS = ("manifest.json", "stats.json", "results.json", "preflight.json")
+# JSON files our stages write beside their rows (audit.jsonl: --audit's disagreements, verify/math_audit.py).
+NOT_ROWS = ("manifest.json", "stats.json", "results.json", "preflight.json", "audit.jsonl")
 
 # ---------------------------------------------------------------- atomic writers
 

@@ -20,6 +20,7 @@ from distill.errors import DistillError
 from distill.eval import report
 from distill.eval.score import score_graded
 from distill.verify.math import GRADER_VERSION
+from distill.verify.math_audit import AUDIT_FILE, combine, write_rows
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +130,17 @@ def merge(dirs: list[str], out: str | None = None) -> dict[str, Any]:
         prov = first["provenance"]["tasks"][task]
         tasks[task] = prov
         scores[task] = score_graded(graded, prov["verifier"], prov["answer_type"], cfg)
+        if cfg.audit:  # every shard ran with it (one config); its counts are summed, its rows joined below
+            scores[task]["audit"] = combine([s["results"]["results"][task]["audit"] for s in shards])
         samples.extend(graded)
         generation[task] = _generation(task, shards)
     target.mkdir(parents=True, exist_ok=True)
     save_config(cfg, target)
     write_jsonl(target / SAMPLES_FILE, samples)
+    if cfg.audit:
+        rank = {i: k for ids in order.values() for k, i in enumerate(ids)}
+        audit_rows = [row for s in shards for _, row in iter_rows(s["dir"] / AUDIT_FILE)]
+        write_rows(target, sorted(audit_rows, key=lambda r: (list(order).index(r["task"]), rank[r["id"]])))
     results = report.build_results(cfg, scores, tasks, generation, grader_version=GRADER_VERSION)
     results["provenance"]["merged_from"] = [str(s["dir"]) for s in shards]
     atomic_write_json(target / RESULTS_FILE, results)

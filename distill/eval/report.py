@@ -42,6 +42,7 @@ def build_results(cfg, scores: dict[str, dict], tasks: dict[str, dict], generati
             "verifier_version": s.get("verifier_version"),
             "clamped_prompts": gen.get("clamped_prompts"),
             **({"budget": gen["budget"]} if gen.get("budget") else {}),
+            **({"audit": s["audit"]} if "audit" in s else {}),  # --audit (verify/math_audit.py)
         }
     return {"results": results, "provenance": provenance(cfg, tasks, generation, grader_version),
             "config": config_dict(cfg),

@@ -25,6 +25,7 @@ from distill.errors import DistillError
 from distill.eval import budget, report
 from distill.eval.score import grade_and_score
 from distill.verify.math import GRADER_VERSION
+from distill.verify.math_audit import AUDIT_FILE, NOT_FOR_CODE, Audit, write_rows
 from distill.tasks import TASKS, get_task, prompt_template
 
 log = logging.getLogger(__name__)
@@ -204,6 +205,32 @@ def _task_provenance(task: EvalTask, score: dict[str, Any]) -> dict[str, Any]:
     return prov
 
 
+def check_audit(cfg: EvalConfig, tasks: list[EvalTask]) -> None:
+    """--audit needs a math task to audit; code tasks among math ones are noted as not audited, not skipped silently."""
+    if not cfg.audit:
+        return
+    code = [t.name for t in tasks if t.verifier != "math"]
+    if len(code) == len(tasks):
+        raise DistillError(f"--audit: {', '.join(code)} {'is' if len(code) == 1 else 'are'} graded by the code "
+                           f"verifier; {NOT_FOR_CODE}; drop --audit")
+    if code:
+        log.warning("--audit: %s not audited (%s); results.json says so per task", ", ".join(code), NOT_FOR_CODE)
+
+
+def _grade_task(records: list[Record], task: EvalTask, cfg: EvalConfig, audit_rows: list[dict]
+                ) -> tuple[list[dict], dict[str, Any]]:
+    """One task's graded samples and score; under --audit, its disagreements appended to `audit_rows`."""
+    audit = Audit() if cfg.audit and task.verifier == "math" else None
+    graded, score = grade_and_score(records, task.name, task.verifier, task.answer_type, cfg, audit)
+    if audit is not None:
+        audit_rows.extend(audit.rows)
+        log.info("audit %s: %d graded by both, %d disagree %s", task.name, audit.audited, len(audit.rows),
+                 score["audit"]["categories"])
+    elif cfg.audit:
+        score["audit"] = {"applies": False, "why": NOT_FOR_CODE}
+    return graded, score
+
+
 def run(cfg: EvalConfig, engine: Engine | None = None) -> dict[str, Any]:
     """Evaluate; returns results.json's content. `engine`: one to reuse (tests pass the session's)."""
     from distill import replicas
@@ -222,15 +249,17 @@ def run(cfg: EvalConfig, engine: Engine | None = None) -> dict[str, Any]:
     generation: dict[str, dict] = {}
     scores: dict[str, dict] = {}
     order: dict[str, list[str]] = {}
+    audit_rows: list[dict] = []
     if cfg.completions:
         if cfg.model:
             raise DistillError("pass either --model (generate, then grade) or --completions (grade only), not both")
         task, records = completions_records(cfg)
+        check_audit(cfg, [task])
         order[task.name] = [r.id for r in records]
         records = [r for r in records if in_shard(r.problem_id, shard)]
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out)
-        graded, scores[task.name] = grade_and_score(records, task.name, task.verifier, task.answer_type, cfg)
+        graded, scores[task.name] = _grade_task(records, task, cfg, audit_rows)
         tasks[task.name] = _task_provenance(task, scores[task.name])
         samples.extend(graded)
     else:
@@ -242,6 +271,7 @@ def run(cfg: EvalConfig, engine: Engine | None = None) -> dict[str, Any]:
         if len(set(names)) != len(names):
             raise DistillError(f"--tasks: duplicate task name in {', '.join(names)}; list each task once")
         budget.check(cfg)
+        check_audit(cfg, resolved)
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out)
         own = engine is None and cfg.data_parallel_size == 1  # replicas start their own engines
@@ -250,13 +280,17 @@ def run(cfg: EvalConfig, engine: Engine | None = None) -> dict[str, Any]:
             for task in resolved:
                 records, generation[task.name] = generate_task(cfg, task, engine)
                 order[task.name] = generation[task.name].pop("order")
-                graded, scores[task.name] = grade_and_score(records, task.name, task.verifier, task.answer_type, cfg)
+                graded, scores[task.name] = _grade_task(records, task, cfg, audit_rows)
                 tasks[task.name] = _task_provenance(task, scores[task.name])
                 samples.extend(graded)
         finally:
             if own:
                 engine.close()
     write_jsonl(out / SAMPLES_FILE, samples)
+    if cfg.audit:
+        write_rows(out, audit_rows)
+    elif (out / AUDIT_FILE).is_file():  # an earlier --audit run's: it does not describe these samples
+        (out / AUDIT_FILE).unlink()
     if shard:  # what `eval merge` needs to rebuild the unsharded run's order and check that no sample is missing
         atomic_write_json(out / SHARD_FILE, {"shard": cfg.shard, "order": order})
     results = report.build_results(cfg, scores, tasks, generation, grader_version=GRADER_VERSION)

@@ -13,9 +13,13 @@ from distill.eval import metrics
 from distill.verify import Verifier, make_verifier
 
 
-def grade_records(records: list[Record], verifier: Verifier, desc: str) -> list[dict]:
-    """Record fields + extracted, correct, reason, graded by the task's verifier (the one definition of correct)."""
+def grade_records(records: list[Record], verifier: Verifier, desc: str, audit=None) -> list[dict]:
+    """Record fields + extracted, correct, reason, graded by the task's verifier (the one definition of correct).
+    `audit` (verify.math_audit.Audit, the verifier built with audit on): each verdict is compared there too."""
     verdicts = list(tqdm(verifier.verify_many(records), total=len(records), desc=f"grade {desc}", unit="sample"))
+    if audit is not None:
+        for r, v in zip(records, verdicts, strict=True):
+            audit.add(r, v, task=desc)
     return [{**r.to_dict(), "task": desc, "extracted": v.extracted, "extracted_by": v.extracted_by,
              "correct": v.correct, "reason": v.reason} for r, v in zip(records, verdicts)]
 
@@ -90,16 +94,20 @@ def score_task(samples: list[dict], verifier: Verifier) -> dict[str, Any]:
     }
 
 
-def _options(answer_type: str, cfg: Any) -> SimpleNamespace:
+def _options(answer_type: str, cfg: Any, audit: bool = False) -> SimpleNamespace:
     return SimpleNamespace(workers=cfg.workers, answer_timeout=cfg.answer_timeout, answer_type=answer_type,
-                           answer_extraction=cfg.answer_extraction)
+                           answer_extraction=cfg.answer_extraction, audit=audit)
 
 
-def grade_and_score(records: list[Record], task_name: str, verifier: str, answer_type: str, cfg: Any
-                    ) -> tuple[list[dict], dict[str, Any]]:
-    with make_verifier(verifier, _options(answer_type, cfg)) as v:
-        samples = grade_records(records, v, task_name)
-        return samples, score_task(samples, v)
+def grade_and_score(records: list[Record], task_name: str, verifier: str, answer_type: str, cfg: Any,
+                    audit=None) -> tuple[list[dict], dict[str, Any]]:
+    """Grade and score one task; with `audit` (a math task under --audit) its summary is the score's "audit"."""
+    with make_verifier(verifier, _options(answer_type, cfg, audit is not None)) as v:
+        samples = grade_records(records, v, task_name, audit)
+        score = score_task(samples, v)
+    if audit is not None:
+        score["audit"] = audit.summary()
+    return samples, score
 
 
 def score_graded(samples: list[dict], verifier: str, answer_type: str, cfg: Any) -> dict[str, Any]:

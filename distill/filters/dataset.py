@@ -47,14 +47,17 @@ class Item:
 # ---------------------------------------------------------------- answer_correct, code_correct
 
 
-def verified(items: Iterable[Item], verifier, step: str, chunk_size: int = 10_000) -> Iterator[Item]:
+def verified(items: Iterable[Item], verifier, step: str, chunk_size: int = 10_000, audit=None) -> Iterator[Item]:
     """Grade live items chunk by chunk with the verifier's `verify_many` (all cores, hard timeouts); the
-    Verdict's reason is the drop reason, its extracted answer is kept on every graded item."""
+    Verdict's reason is the drop reason, its extracted answer is kept on every graded item. `audit`
+    (verify.math_audit.Audit): every verdict is also handed to it, to compare with plain math-verify's."""
     it = iter(items)
     while chunk := list(itertools.islice(it, chunk_size)):
         live = [x for x in chunk if x.alive]
         verdicts = verifier.verify_many(x.record for x in live)
         for x, v in zip(live, verdicts, strict=True):  # one verdict per record, or a loud bug
+            if audit is not None:
+                audit.add(x.record, v)
             x.extracted, x.extracted_by = v.extracted, v.extracted_by
             if not v.correct:
                 # Fail closed: a verdict that is not correct but gives no reason still drops.

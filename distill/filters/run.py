@@ -54,7 +54,7 @@ STEP_NAMES = (*VERIFIED_STEPS, *FILTERS, "select")
 # Flush an output file at chunk_size rows or at this many text bytes, whichever comes first.
 PART_BYTES = 128 << 20
 # What a filter output folder holds; anything else in --out is the user's and is never moved or deleted.
-OUTPUT_ENTRIES = {"kept", "rejected", "stats.json", "config.yaml", "hub", "publish", ".select_pending"}
+OUTPUT_ENTRIES = {"kept", "rejected", "stats.json", "config.yaml", "hub", "publish", ".select_pending", "audit.jsonl"}
 
 # ---------------------------------------------------------------- schema
 
@@ -190,6 +190,15 @@ def run(cfg: FilterConfig) -> dict[str, Any]:
     """Run the filter stage; returns the stats written to OUT/stats.json."""
     start = time.time()
     names = check_steps(list(cfg.steps))
+    if cfg.audit and "answer_correct" not in names:
+        raise DistillError(f"--audit compares answer_correct's math grading with plain math-verify, and --steps "
+                           f"({','.join(names)}) has no answer_correct" + (" (code_correct runs tests; there is no "
+                           "second grader to compare)" if "code_correct" in names else "") +
+                           "; add answer_correct to --steps or drop --audit")
+    if cfg.audit and "code_correct" in names:
+        from distill.verify.math_audit import NOT_FOR_CODE
+
+        log.warning("--audit: %s; only answer_correct is audited", NOT_FOR_CODE)
     if cfg.chunk_size < 1:
         raise DistillError(f"--chunk-size must be >= 1, got {cfg.chunk_size}")
     out = Path(cfg.out)
@@ -235,13 +244,19 @@ def _run(cfg: FilterConfig, names: list[str], out: Path, start: float) -> dict[s
 
     verifiers = []
     versions: dict[str, str] = {}
+    audit = None
+    if cfg.audit:  # imported here: math-verify (sympy) loads only for a run that audits or grades math
+        from distill.verify.math_audit import AUDIT_FILE, NOT_FOR_CODE, Audit, write_rows
+
+        audit = Audit()
     stream: Iterable[dataset.Item] = items()
     try:
         for name in names:
             if name in VERIFIED_STEPS:
                 verifiers.append(make_verifier(VERIFIED_STEPS[name], cfg))
                 versions[name] = verifiers[-1].version
-                stream = dataset.verified(stream, verifiers[-1], name, cfg.chunk_size)
+                stream = dataset.verified(stream, verifiers[-1], name, cfg.chunk_size,
+                                          audit if name == "answer_correct" else None)
             elif name in built:
                 stream = _per_record(stream, built[name])
         tallies = _sink(stream, out, cfg, plan, counter)
@@ -253,6 +268,12 @@ def _run(cfg: FilterConfig, names: list[str], out: Path, start: float) -> dict[s
         what = f"all {read_stats['invalid']} rows were invalid" if read_stats.get("invalid") else "it is empty"
         raise DistillError(f"{cfg.input}: no records to filter ({what}); check the input path")
     stats = _stats(cfg, names, n_input, tallies, read_stats, built, time.time() - start, versions)
+    if audit is not None:
+        write_rows(out, audit.rows)
+        stats["audit"] = {**audit.summary(), **({"not_applicable": {"code_correct": NOT_FOR_CODE}}
+                                                 if "code_correct" in names else {})}
+        log.info("audit: %d graded by both, %d disagree %s → %s", audit.audited, len(audit.rows),
+                 dict(sorted(audit.counts.items())), cfg.out + "/" + AUDIT_FILE)
     atomic_write_json(out / "stats.json", stats)
     return stats
 
@@ -332,6 +353,7 @@ def _stats(cfg: FilterConfig, names: list[str], n_input: int, tallies: Counter, 
         "decontamination": dict(decon.hits) if decon is not None else {},
         "grader_version": GRADER_VERSION if "answer_correct" in names else None,
         "verifier_versions": versions or {},  # per verified step (answer_correct, code_correct)
+        "audit": None,  # with --audit: where plain math-verify disagrees with answer_correct (verify/math_audit.py)
         # the extraction policy in force and how often each of its rules found the answer
         "answer_extraction": {"policy": cfg.answer_extraction, "extracted_by": {
             rule: n for (step, rule), n in sorted(tallies.items()) if step == "answer_extraction"}}

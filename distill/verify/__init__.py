@@ -28,6 +28,7 @@ class Verdict:
     extracted_by: str = "none"  # the extraction rule that found it (math: verify.math_extract.RULES)
     score: float | None = None  # partial credit where the verifier defines it (code: the share of tests passed)
     detail: str = ""  # one line on why, where the verifier says more than the reason (code: the first failing case)
+    audit: Verdict | None = None  # math with audit on: plain math-verify's verdict on the same record (math_audit.py)
 
     @property
     def reward(self) -> float:
@@ -49,7 +50,8 @@ def _math(options: Any) -> Verifier:
 
     return MathGrader(workers=getattr(options, "workers", None), timeout=getattr(options, "answer_timeout", 5.0),
                       answer_type=getattr(options, "answer_type", "auto"),
-                      extraction=getattr(options, "answer_extraction", "boxed"))
+                      extraction=getattr(options, "answer_extraction", "boxed"),
+                      audit=bool(getattr(options, "audit", False)))
 
 
 def _code(options: Any) -> Verifier:
@@ -64,7 +66,7 @@ VERIFIERS: dict[str, Callable[[Any], Verifier]] = {"math": _math, "code": _code}
 
 def make_verifier(name: str, options: Any = None) -> Verifier:
     """The verifier `name`, configured from the stage options it knows (workers, answer_timeout, answer_type,
-    answer_extraction); a context manager."""
+    answer_extraction, audit); a context manager."""
     if name not in VERIFIERS:
         raise DistillError(f"unknown verifier {name!r}; choose one of {', '.join(VERIFIERS)}")
     return VERIFIERS[name](options)
