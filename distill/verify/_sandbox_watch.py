@@ -130,6 +130,7 @@ def _run_case(job: dict, case: dict, deadline: float) -> dict:
     for fd in parent_fds:
         os.close(fd)
     wall = min(lim["case_wall_s"], max(0.0, deadline - start))
+    cut_by_total = wall < lim["case_wall_s"]
     out, err, res, tres = bytearray(), bytearray(), bytearray(), bytearray()
     out_cap, err_keep = lim["output_bytes"], 4096
     killed = ""
@@ -204,6 +205,9 @@ def _run_case(job: dict, case: dict, deadline: float) -> dict:
                                  if p["usage"] is not None), 4)}
     if killed == "output_limit":
         return result | {"status": "output_limit", "detail": f"printed more than {out_cap} bytes"}
+    if killed == "timeout" and cut_by_total:
+        return result | {"status": "timeout", "detail": f"the problem's total time limit ran out during this case "
+                                                        f"(after {wall:.1f} s of it)"}
     if killed == "timeout":
         return result | {"status": "timeout", "detail": f"ran past the {wall:.1f} s wall clock "
                                                         f"(CPU limit {lim['cpu_in_force']})"}
