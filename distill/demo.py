@@ -190,7 +190,9 @@ def one_thread() -> Any:
     The toy models are too small for a second thread to help, and two spinning OpenMP threads on a 2-core machine
     lose most of their time waiting for each other as soon as anything else runs. Measured on the 2-core Intel VM
     with other work beside it: an SFT step of the toy model (8 x 256 tokens) 0.11 s on one thread vs 0.81 s on two;
-    vLLM sampling 400 x 100 tokens 5.6 s bound to one core vs 19.3 s on both. Variables the user set win."""
+    vLLM sampling 400 x 100 tokens 5.6 s bound to one core vs 19.3 s on both. The price on an idle machine: the
+    whole demo 805 s on one thread vs 649 s on two spinning ones (two passive threads, OMP_WAIT_POLICY=PASSIVE, were
+    slower than one: 4.5 teacher steps/s vs 5.7). Variables the user set win."""
     import torch
 
     from distill.engine.vllm_engine import allowed_cores
