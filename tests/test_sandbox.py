@@ -92,8 +92,10 @@ def can_sweep(mode: str) -> bool:
 def test_info_says_which_protections_are_active():
     info = sandbox_info()
     assert info["isolation"] in ("namespaces", "fallback")
-    for key in ("network", "filesystem", "processes", "uid", "limits", "environment", "fallbacks"):
+    for key in ("network", "filesystem", "processes", "uid", "limits", "environment", "fallbacks", "syscalls",
+                "verdicts"):
         assert info[key] is not None
+    assert info["syscalls"].startswith("seccomp: EPERM for ptrace")  # pyseccomp is a dependency: the filter is on
     if os.geteuid() == 0 and subprocess.run(["unshare", "-n", "-m", "-p", "-f", "true"]).returncode == 0:
         assert info["isolation"] == "namespaces" and info["fallbacks"] == []
     fb = sandbox_info("fallback")

@@ -190,7 +190,11 @@ def sandbox_info(isolation: str = "auto") -> dict:
                   "wall clock, stdout cap" + (", RLIMIT_NPROC" if root else " (RLIMIT_NPROC inactive: not root)"),
         "calibration": calibration(),
         "uid": f"unprivileged uid/gid leased from {UID_BASE}..{UID_BASE + UID_COUNT - 1}" if root
-               else f"the caller's own uid {os.getuid()} (not root: cannot drop privileges)",
+               else f"the caller's own uid {os.getuid()}, without capabilities in a user namespace of its own"
+               if mode == "namespaces" else f"the caller's own uid {os.getuid()} (not root: cannot drop privileges)",
+        "syscalls": seccomp_program()[1],
+        "verdicts": "a case's test code runs in a separate test process that reaches the program only as plain data "
+                    "over a pipe; the program never sees the tests or the channel the verdict travels on",
     }
     if mode == "namespaces":
         hidden = probe.get("info", {}).get("hidden", [])
@@ -198,7 +202,7 @@ def sandbox_info(isolation: str = "auto") -> dict:
             "network": "network namespace (only a downed loopback)",
             "filesystem": "mount namespace: all mounts read-only, private tmpfs /tmp and /dev/shm, "
                           f"hidden: {', '.join(hidden) or 'nothing'}",
-            "processes": "pid namespace: everything the program started dies with it",
+            "processes": "a pid namespace per case: everything the program started dies with it",
             "fallbacks": [],
         }
     else:
