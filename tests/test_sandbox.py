@@ -18,39 +18,12 @@ import pytest
 from distill.errors import DistillError
 from distill.verify import sandbox, sandbox_host
 from distill.verify.sandbox import Case, Limits, run_cases, run_python, sandbox_info
+from sandbox_procs import live_processes, sandbox_processes
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox is Linux-only")
 
 FAST = Limits(timeout_s=0.5, total_timeout_s=20)  # CPU limit 1 s, wall clock 4 s (x the speed factor)
 MODES = ["auto", "fallback"]
-
-
-def _status_line(pid: str) -> dict[str, str]:
-    out = {}
-    with open(f"/proc/{pid}/status", encoding="utf-8", errors="replace") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            out[key] = value.strip()
-    return out
-
-
-def live_processes() -> list[dict[str, str]]:
-    procs = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                st = _status_line(name)
-            except OSError:
-                continue
-            if not st.get("State", "Z").startswith(("Z", "X")):
-                procs.append(st)
-    return procs
-
-
-def sandbox_processes() -> list[dict[str, str]]:
-    """Live processes running as a sandbox uid."""
-    lo, hi = sandbox.UID_BASE, sandbox.UID_BASE + sandbox.UID_COUNT
-    return [p for p in live_processes() if lo <= int(p["Uid"].split()[0]) < hi]
 
 
 def my_descendants() -> list[dict[str, str]]:

@@ -18,6 +18,7 @@ import pytest
 from distill.verify import sandbox
 from distill.verify.code import verify_code
 from distill.verify.sandbox import Case, Limits, run_cases
+from sandbox_procs import sandbox_processes
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox is Linux-only")
 
@@ -114,38 +115,8 @@ def test_an_escape_touches_nothing_outside(name, tmp_path):
     assert not target.exists() and not (tmp_path / "pwned").exists()
     if name in ("fork_bomb",):
         assert r.status != "ok"
-    lo, hi = sandbox.UID_BASE, sandbox.UID_BASE + sandbox.UID_COUNT
-    # A zombie runs nothing and holds no memory: a sandbox process killed after its parent ended is reparented to
-    # pid 1, which reaps it in its own time (seen in CI). Anything else of a sandbox uid is a survivor.
-    left = [p for p in os.listdir("/proc") if p.isdigit() and _uid(p) in range(lo, hi) and not _zombie(p)]
-    assert left == [], [_describe(p) for p in left]
-
-
-def _describe(pid: str) -> str:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            fields = dict(line.split(":", 1) for line in f if ":" in line)
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            cmd = f.read().replace(b"\0", b" ")[:200]
-    except OSError as e:
-        return f"{pid}: gone ({e})"
-    return f"{pid}: {fields['State'].strip()} ppid {fields['PPid'].strip()} uid {fields['Uid'].split()[0]} {cmd!r}"
-
-
-def _zombie(pid: str) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except (OSError, IndexError):
-        return True  # gone
-
-
-def _uid(pid: str) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
-    except (OSError, StopIteration):
-        return -1
+    left = sandbox_processes()  # zombies aside (sandbox_procs.live_processes says why)
+    assert left == [], [{k: p[k] for k in ("Pid", "Name", "State", "PPid", "Uid")} for p in left]
 
 
 def test_a_protection_switched_off_lets_it_through(monkeypatch):

@@ -49,7 +49,8 @@ def _stage() -> Path:
     skip = shutil.ignore_patterns("__pycache__", "*.pyc")
     shutil.copytree(REPO / "distill", root / "distill", ignore=skip)
     (root / "tests").mkdir()
-    shutil.copy(REPO / "tests" / "test_sandbox_attacks.py", root / "tests")
+    for name in ("test_sandbox_attacks.py", "sandbox_procs.py"):
+        shutil.copy(REPO / "tests" / name, root / "tests")
     site = root / "site"
     site.mkdir()
     for name in PACKAGES:

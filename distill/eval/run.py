@@ -224,8 +224,7 @@ def _grade_task(records: list[Record], task: EvalTask, cfg: EvalConfig, audit_ro
     graded, score = grade_and_score(records, task.name, task.verifier, task.answer_type, cfg, audit)
     if audit is not None:
         audit_rows.extend(audit.rows)
-        log.info("audit %s: %d graded by both, %d disagree %s", task.name, audit.audited, len(audit.rows),
-                 score["audit"]["categories"])
+        log.info("audit %s: %s", task.name, audit.describe())
     elif cfg.audit:
         score["audit"] = {"applies": False, "why": NOT_FOR_CODE}
     return graded, score

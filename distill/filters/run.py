@@ -272,8 +272,7 @@ def _run(cfg: FilterConfig, names: list[str], out: Path, start: float) -> dict[s
         write_rows(out, audit.rows)
         stats["audit"] = {**audit.summary(), **({"not_applicable": {"code_correct": NOT_FOR_CODE}}
                                                  if "code_correct" in names else {})}
-        log.info("audit: %d graded by both, %d disagree %s → %s", audit.audited, len(audit.rows),
-                 dict(sorted(audit.counts.items())), cfg.out + "/" + AUDIT_FILE)
+        log.info("audit: %s → %s", audit.describe(), cfg.out + "/" + AUDIT_FILE)
     atomic_write_json(out / "stats.json", stats)
     return stats
 

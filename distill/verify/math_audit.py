@@ -91,6 +91,10 @@ class Audit:
                           "mathverify_correct": plain.correct, "mathverify_reason": plain.reason,
                           "mathverify_extracted": plain.extracted})
 
+    def describe(self) -> str:
+        """One line for the console: how many records both graded and how the disagreements fall."""
+        return f"{self.audited} graded by both, {len(self.rows)} disagree {dict(sorted(self.counts.items()))}"
+
     def summary(self) -> dict[str, Any]:
         """What stats.json / results.json hold: totals and the disagreements by category."""
         return {"grader": PLAIN_VERSION, "audited": self.audited, "agree": self.audited - len(self.rows),
